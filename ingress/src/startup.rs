@@ -1,0 +1,226 @@
+//! Building and running the ingress: `Application::build` binds and connects, `run` serves
+//! until the shutdown token is cancelled and then drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fred::prelude::*;
+use shared::redis::{connect, ensure_group, wait_connected};
+use shared::streams::spawn_sampler;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::Admission;
+use crate::broker::StreamClient;
+use crate::config::IngressConfig;
+use crate::replies::{PendingReplies, create_reply_stream, keep_reply_stream, read_replies};
+use crate::routes::router;
+use crate::state::AppState;
+
+/// How often the request stream's length, lag and pending count are sampled.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A bound, connected ingress that has not started serving yet.
+pub struct Application {
+    config: IngressConfig,
+    listener: TcpListener,
+    commands: Client,
+    blocking: Client,
+    instance_id: String,
+    reply_stream: String,
+    first_reply_id: String,
+    reconnected: Arc<Notify>,
+}
+
+impl Application {
+    /// Binds the listener and starts connecting to Redis. Fails only for problems a restart
+    /// cannot fix (address in use, malformed URL); an unreachable Redis is waited out.
+    pub async fn build(config: IngressConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (LISTEN_ADDR)", config.listen_addr))?;
+        let commands = connect(&config.redis.redis_url).context("invalid REDIS_URL")?;
+        let blocking = connect(&config.redis.redis_url).context("invalid REDIS_URL")?;
+        let instance_id = config.resolved_instance_id();
+        let reply_stream = format!("{}:{}", config.reply_stream_prefix, instance_id);
+
+        let reconnected = Arc::new(Notify::new());
+        let notify = reconnected.clone();
+        let _reconnect_listener = commands.on_reconnect(move |_server| {
+            notify.notify_one();
+            async { Ok(()) }
+        });
+
+        let mut first_reply_id = "0-0".to_string();
+        if wait_connected(&commands, Duration::from_secs(5)).await {
+            ensure_group(
+                &commands,
+                &config.redis.request_stream,
+                &config.redis.consumer_group,
+            )
+            .await
+            .context("cannot create the consumer group")?;
+            first_reply_id = create_reply_stream(
+                &commands,
+                &reply_stream,
+                &instance_id,
+                config.reply_stream_ttl,
+            )
+            .await
+            .context("cannot create the reply stream")?;
+        } else {
+            tracing::warn!(redis_url = %redact(&config.redis.redis_url), "Redis does not answer yet; serving 503 until it does");
+        }
+        Ok(Application {
+            config,
+            listener,
+            commands,
+            blocking,
+            instance_id,
+            reply_stream,
+            first_reply_id,
+            reconnected,
+        })
+    }
+
+    /// The address actually bound (tests ask for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains: not ready at once, new requests get
+    /// 503, requests in flight get their replies until DRAIN_TIMEOUT, then exit.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            config,
+            listener,
+            commands,
+            blocking,
+            instance_id,
+            reply_stream,
+            first_reply_id,
+            reconnected,
+        } = self;
+        let background = CancellationToken::new();
+        let abandon = CancellationToken::new();
+        let pending = Arc::new(PendingReplies::default());
+        let stream_stats = spawn_sampler(
+            commands.clone(),
+            config.redis.request_stream.clone(),
+            config.redis.consumer_group.clone(),
+            SAMPLE_INTERVAL,
+            background.clone(),
+        );
+        let admission = Arc::new(Admission::new(
+            config.max_in_flight,
+            config.max_backlog,
+            stream_stats.clone(),
+        ));
+        let state = AppState {
+            broker: StreamClient::new(
+                commands.clone(),
+                &config.redis.request_stream,
+                &reply_stream,
+                pending.clone(),
+                abandon.clone(),
+            ),
+            admission: admission.clone(),
+            stream_stats,
+            redis: commands.clone(),
+            request_timeout: config.request_timeout,
+        };
+
+        let reader = tokio::spawn(read_replies(
+            blocking.clone(),
+            commands.clone(),
+            reply_stream.clone(),
+            pending,
+            first_reply_id,
+            background.clone(),
+        ));
+        let keeper = tokio::spawn(keep_reply_stream(
+            commands.clone(),
+            reply_stream.clone(),
+            instance_id.clone(),
+            config.reply_stream_ttl,
+            reconnected,
+            background.clone(),
+        ));
+
+        let server_stop = CancellationToken::new();
+        let app = router(state, config.max_body_bytes);
+        let mut server = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(server_stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        tracing::info!(
+            listen_addr = %config.listen_addr,
+            instance_id,
+            reply_stream,
+            request_stream = config.redis.request_stream,
+            "ingress serving; Swagger UI at /swagger"
+        );
+
+        let served_early = tokio::select! {
+            result = &mut server => Some(result),
+            _ = shutdown.cancelled() => None,
+        };
+        if let Some(result) = served_early {
+            background.cancel();
+            result
+                .context("HTTP server task failed")?
+                .context("HTTP server failed")?;
+            return Ok(());
+        }
+
+        admission.start_draining();
+        tracing::info!(in_flight = admission.in_flight(), drain_timeout = ?config.drain_timeout, "draining: new requests get 503");
+        if tokio::time::timeout(config.drain_timeout, admission.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = admission.in_flight(),
+                "drain timeout passed; abandoning requests still waiting (they get 503)"
+            );
+            abandon.cancel();
+        }
+        server_stop.cancel();
+        match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+            Ok(result) => result
+                .context("HTTP server task failed")?
+                .context("HTTP server failed")?,
+            Err(_) => {
+                tracing::warn!("HTTP connections did not close within 5 s; closing them");
+                server.abort();
+            }
+        }
+        background.cancel();
+        let _ = reader.await;
+        let _ = keeper.await; // deletes the reply stream
+        let _ = commands.quit().await;
+        let _ = blocking.quit().await;
+        tracing::info!("ingress stopped");
+        Ok(())
+    }
+}
+
+/// Builds the application and runs it until `shutdown` is cancelled.
+pub async fn run(config: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Application::build(config).await?.run(shutdown).await
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_and_auth, host)) => {
+            let scheme = scheme_and_auth.split("://").next().unwrap_or("redis");
+            format!("{scheme}://***@{host}")
+        }
+        None => url.to_string(),
+    }
+}

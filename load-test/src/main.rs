@@ -1,0 +1,3 @@
+fn main() {
+    println!("load-test: see issue #4");
+}

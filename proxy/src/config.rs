@@ -1,0 +1,144 @@
+//! The proxy's settings: one typed struct, each field a flag and an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use shared::config::{LogFormat, RedisSettings, parse_duration};
+
+/// Configuration of the proxy (the worker). See README for the table of settings.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "proxy",
+    version,
+    about = "Worker: reads requests from a Redis stream through a bounded pool of terminals, replies and acknowledges"
+)]
+pub struct ProxyConfig {
+    #[command(flatten)]
+    pub redis: RedisSettings,
+
+    /// Address the HTTP server (health, metrics, status, Swagger UI) listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:5010")]
+    pub listen_addr: SocketAddr,
+
+    /// Consumer name in the group (default: hostname, pid and a random suffix). Must be unique
+    /// per running process.
+    #[arg(long, env = "CONSUMER_NAME")]
+    pub consumer_name: Option<String>,
+
+    /// Concurrent workers ("terminals"); never more entries than free terminals are read.
+    #[arg(long, env = "TERMINALS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub terminals: u32,
+
+    /// Simulated processing time in ms: a range `100-500`, a single value `250`, or `0`.
+    #[arg(long, env = "PROCESSING_DELAY_MS", default_value = "100-500", value_parser = DelayRange::parse)]
+    pub processing_delay_ms: DelayRange,
+
+    /// On SIGTERM, how long entries already read may take to finish before exit; unfinished
+    /// ones stay pending in the group for another consumer.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl ProxyConfig {
+    /// The consumer name, generated once when not configured.
+    pub fn resolved_consumer_name(&self) -> String {
+        self.consumer_name.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "proxy".into());
+            let suffix = uuid::Uuid::new_v4().simple().to_string();
+            format!("{host}-{}-{}", std::process::id(), &suffix[..6])
+        })
+    }
+}
+
+/// An inclusive range of milliseconds the simulated processing takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DelayRange {
+    pub min_ms: u64,
+    pub max_ms: u64,
+}
+
+impl DelayRange {
+    /// Parses `100-500`, `250` or `0`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let number = |text: &str| {
+            text.trim().parse::<u64>().map_err(|_| {
+                format!("expected milliseconds like `100-500`, `250` or `0`, got `{value}`")
+            })
+        };
+        let range = match value.split_once('-') {
+            Some((min, max)) => DelayRange {
+                min_ms: number(min)?,
+                max_ms: number(max)?,
+            },
+            None => {
+                let ms = number(value)?;
+                DelayRange {
+                    min_ms: ms,
+                    max_ms: ms,
+                }
+            }
+        };
+        if range.min_ms > range.max_ms {
+            return Err(format!(
+                "the range `{value}` has its minimum above its maximum"
+            ));
+        }
+        if range.max_ms > 600_000 {
+            return Err("at most 600000 ms (10 minutes)".into());
+        }
+        Ok(range)
+    }
+}
+
+impl std::fmt::Display for DelayRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min_ms == self.max_ms {
+            write!(f, "{}", self.min_ms)
+        } else {
+            write!(f, "{}-{}", self.min_ms, self.max_ms)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_ranges_parse() {
+        assert_eq!(
+            DelayRange::parse("100-500"),
+            Ok(DelayRange {
+                min_ms: 100,
+                max_ms: 500
+            })
+        );
+        assert_eq!(
+            DelayRange::parse("250"),
+            Ok(DelayRange {
+                min_ms: 250,
+                max_ms: 250
+            })
+        );
+        assert_eq!(
+            DelayRange::parse("0"),
+            Ok(DelayRange {
+                min_ms: 0,
+                max_ms: 0
+            })
+        );
+        assert!(DelayRange::parse("500-100").is_err());
+        assert!(DelayRange::parse("fast").is_err());
+        assert!(DelayRange::parse("-5").is_err());
+    }
+}

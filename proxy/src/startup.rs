@@ -1,0 +1,157 @@
+//! Building and running the proxy: `Application::build` binds and connects, `run` consumes
+//! until the shutdown token is cancelled, then drains and leaves the group.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fred::prelude::*;
+use shared::redis::{connect, ensure_group, wait_connected};
+use shared::streams::spawn_sampler;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ProxyConfig;
+use crate::consumer::{Consumer, TerminalStats};
+use crate::processor::Processor;
+use crate::routes::{Identity, ProxyState, router};
+
+/// How often the request stream's length, lag and pending count are sampled.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A bound, connecting proxy that has not started consuming yet.
+pub struct Application {
+    config: ProxyConfig,
+    listener: TcpListener,
+    commands: Client,
+    blocking: Client,
+    consumer_name: String,
+}
+
+impl Application {
+    /// Binds the listener and starts connecting to Redis (an unreachable Redis is waited out).
+    pub async fn build(config: ProxyConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (LISTEN_ADDR)", config.listen_addr))?;
+        let commands = connect(&config.redis.redis_url).context("invalid REDIS_URL")?;
+        let blocking = connect(&config.redis.redis_url).context("invalid REDIS_URL")?;
+        if wait_connected(&commands, Duration::from_secs(5)).await {
+            ensure_group(
+                &commands,
+                &config.redis.request_stream,
+                &config.redis.consumer_group,
+            )
+            .await
+            .context("cannot create the consumer group")?;
+        } else {
+            tracing::warn!("Redis does not answer yet; will start consuming when it does");
+        }
+        let consumer_name = config.resolved_consumer_name();
+        Ok(Application {
+            config,
+            listener,
+            commands,
+            blocking,
+            consumer_name,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Consumes until `shutdown` is cancelled; then stops reading, finishes and acknowledges
+    /// what it holds (up to DRAIN_TIMEOUT), leaves the group and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            config,
+            listener,
+            commands,
+            blocking,
+            consumer_name,
+        } = self;
+        let background = CancellationToken::new();
+        let stream_stats = spawn_sampler(
+            commands.clone(),
+            config.redis.request_stream.clone(),
+            config.redis.consumer_group.clone(),
+            SAMPLE_INTERVAL,
+            background.clone(),
+        );
+        let terminal_stats = Arc::new(TerminalStats {
+            total: config.terminals as u64,
+            ..Default::default()
+        });
+        let consumer = Consumer::new(
+            blocking.clone(),
+            commands.clone(),
+            &config.redis.request_stream,
+            &config.redis.consumer_group,
+            &consumer_name,
+            config.terminals,
+            Processor::new(config.processing_delay_ms),
+            terminal_stats.clone(),
+        );
+        let state = ProxyState {
+            redis: commands.clone(),
+            stream_stats,
+            terminals: terminal_stats,
+            identity: Arc::new(Identity {
+                consumer_name: consumer_name.clone(),
+                request_stream: config.redis.request_stream.clone(),
+                consumer_group: config.redis.consumer_group.clone(),
+                processing_delay_ms: config.processing_delay_ms.to_string(),
+            }),
+        };
+
+        let server_stop = CancellationToken::new();
+        let mut server = tokio::spawn(
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(server_stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        tracing::info!(
+            listen_addr = %config.listen_addr,
+            consumer = consumer_name,
+            terminals = config.terminals,
+            processing_delay_ms = %config.processing_delay_ms,
+            request_stream = config.redis.request_stream,
+            group = config.redis.consumer_group,
+            "proxy consuming; Swagger UI at /swagger"
+        );
+
+        let consuming = tokio::spawn(consumer.run(shutdown.clone(), config.drain_timeout));
+        tokio::select! {
+            result = &mut server => {
+                // The HTTP server died: stop consuming too, after draining.
+                shutdown.cancel();
+                let _ = consuming.await;
+                background.cancel();
+                result.context("HTTP server task failed")?.context("HTTP server failed")?;
+                return Ok(());
+            }
+            _ = shutdown.cancelled() => {}
+        }
+        consuming.await.context("consumer task failed")?;
+        server_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
+        background.cancel();
+        let _ = commands.quit().await;
+        let _ = blocking.quit().await;
+        tracing::info!("proxy stopped");
+        Ok(())
+    }
+}
+
+/// Builds the application and runs it until `shutdown` is cancelled.
+pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Application::build(config).await?.run(shutdown).await
+}

@@ -1,0 +1,129 @@
+//! Configuration pieces used by both services.
+//!
+//! Every setting is a clap flag backed by an environment variable (operators script against
+//! the variable names). Values are validated while parsing so that a bad setting stops the
+//! process with one line naming it, before anything starts.
+
+use std::time::Duration;
+
+use clap::Args;
+
+/// Where Redis is and which stream/group carries the requests.
+#[derive(Debug, Clone, Args)]
+pub struct RedisSettings {
+    /// Redis URL: redis://host:port, rediss:// for TLS, redis://user:password@host:port for ACL users.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url)]
+    pub redis_url: String,
+
+    /// Stream the ingress writes requests to and the proxies read from.
+    #[arg(long, env = "REQUEST_STREAM", default_value = "weather-requests", value_parser = parse_key)]
+    pub request_stream: String,
+
+    /// Consumer group the proxies read the request stream through.
+    #[arg(long, env = "CONSUMER_GROUP", default_value = "processing-group", value_parser = parse_key)]
+    pub consumer_group: String,
+}
+
+/// How the service writes its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Parses a duration such as `30s`, `250ms` or `2m`; a bare number means seconds.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(value)
+        .map_err(|e| format!("expected a duration like 30s, 500ms or 2m ({e})"))
+}
+
+/// Like [`parse_duration`] but rejects zero, for timeouts that must allow some time.
+pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    let duration = parse_duration(value)?;
+    if duration.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(duration)
+}
+
+/// Checks that the URL is one fred can connect with, so a typo fails at start-up, not later.
+fn parse_redis_url(value: &str) -> Result<String, String> {
+    fred::prelude::Config::from_url(value)
+        .map(|_| value.to_string())
+        .map_err(|e| {
+            format!(
+                "not a Redis URL ({}); expected redis://[user:password@]host:port",
+                e.details()
+            )
+        })
+}
+
+/// Stream and group names: non-empty, printable, no spaces (they are used as Redis keys).
+fn parse_key(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > 200 {
+        return Err("must be 1 to 200 characters".into());
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    Ok(value.to_string())
+}
+
+/// Parses argv/env into `T`, printing a one-line error naming the setting and exiting with
+/// status 2 on bad configuration (help and version still print normally).
+pub fn parse_or_exit<T: clap::Parser>(service: &str) -> T {
+    match T::try_parse() {
+        Ok(config) => config,
+        Err(err) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) {
+                err.exit();
+            }
+            let rendered = err.to_string();
+            let first_line = rendered
+                .lines()
+                .find(|line| !line.trim().is_empty())
+                .unwrap_or("invalid configuration")
+                .trim_start_matches("error: ");
+            eprintln!("{service}: invalid configuration: {first_line}");
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn redis_urls_are_checked() {
+        assert!(parse_redis_url("redis://127.0.0.1:6379").is_ok());
+        assert!(parse_redis_url("redis://user:secret@redis:6380/0").is_ok());
+        assert!(parse_redis_url("not a url").is_err());
+    }
+
+    #[test]
+    fn keys_reject_blank_and_spaces() {
+        assert!(parse_key("weather-requests").is_ok());
+        assert!(parse_key("").is_err());
+        assert!(parse_key("a b").is_err());
+    }
+}

@@ -1,0 +1,349 @@
+//! HTTP pieces both services use: RFC 9457 problem bodies, the request-id / metrics / tracing
+//! middleware, a JSON extractor whose rejections are problems, and the /metrics handler.
+
+use std::time::Instant;
+
+use axum::extract::{FromRequest, MatchedPath, Request};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+use utoipa::ToSchema;
+
+/// Header carrying the correlation id in both directions.
+pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest client-supplied request id accepted.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Media type of error bodies.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An error response body as RFC 9457 describes it, plus the request id.
+///
+/// Every error either service returns has this shape, so a client needs one error parser.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({
+    "type": "urn:problem:broker:timeout",
+    "title": "No reply before the deadline",
+    "status": 504,
+    "detail": "no proxy replied within 30000 ms; the request may still be processed later",
+    "requestId": "6f1c2a9e-3d0b-4a53-9c1e-5b8f0e2d7a41"
+}))]
+pub struct Problem {
+    /// Stable machine-readable kind, `urn:problem:broker:<kind>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// Short summary of the kind.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What happened in this case and what to do.
+    pub detail: String,
+    /// Correlation id of the request (also in the `X-Request-Id` header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Seconds a client should wait before retrying; sent as `Retry-After`.
+    #[serde(skip)]
+    pub retry_after_secs: Option<u64>,
+}
+
+impl Problem {
+    /// A problem of kind `kind` (the last part of the `type` URN).
+    pub fn new(status: StatusCode, kind: &str, title: &str, detail: impl Into<String>) -> Self {
+        Problem {
+            problem_type: format!("urn:problem:broker:{kind}"),
+            title: title.to_string(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            request_id: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// Attaches the request id.
+    pub fn with_request_id(mut self, request_id: &RequestId) -> Self {
+        self.request_id = Some(request_id.0.clone());
+        self
+    }
+
+    /// Asks the client to retry after `secs` seconds.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// 404 for a path no route matches.
+    pub fn not_found(path: &str) -> Self {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "No such endpoint",
+            format!("nothing is served at `{path}`; see /swagger for the endpoints"),
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(id) = self
+            .request_id
+            .as_deref()
+            .and_then(|id| HeaderValue::from_str(id).ok())
+        {
+            headers.insert(REQUEST_ID_HEADER.clone(), id);
+        }
+        response
+    }
+}
+
+/// The correlation id of the current request, put into request extensions by
+/// [`request_context`]: the client's `X-Request-Id` when valid, a fresh UUID otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks a client-supplied request id: 1..=128 characters of `[A-Za-z0-9._:-]`, so it is
+/// safe as a Redis field, in logs and in a header.
+pub fn validate_request_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
+        return Err(format!(
+            "X-Request-Id must be 1 to {MAX_REQUEST_ID_LEN} characters"
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        return Err("X-Request-Id may contain only letters, digits and . _ : -".into());
+    }
+    Ok(())
+}
+
+fn request_id_from(headers: &HeaderMap) -> Result<RequestId, Problem> {
+    let Some(value) = headers.get(&REQUEST_ID_HEADER) else {
+        return Ok(RequestId(uuid::Uuid::new_v4().to_string()));
+    };
+    let invalid = |detail: String| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request-id",
+            "Invalid X-Request-Id",
+            detail,
+        )
+    };
+    let id = value
+        .to_str()
+        .map_err(|_| invalid("X-Request-Id must be ASCII".into()))?;
+    validate_request_id(id).map_err(invalid)?;
+    Ok(RequestId(id.to_string()))
+}
+
+/// Middleware for every route: assigns the request id, runs the handler inside a tracing span
+/// carrying it, echoes it in `X-Request-Id`, and records `http_requests_total` and
+/// `http_request_duration_seconds` by method, matched route template and status.
+pub async fn request_context(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let mut response = match request_id_from(request.headers()) {
+        Ok(request_id) => {
+            let span = tracing::info_span!("http", request_id = %request_id.0, %method, %route);
+            let header = HeaderValue::from_str(&request_id.0).ok();
+            request.extensions_mut().insert(request_id);
+            let mut response = next.run(request).instrument(span.clone()).await;
+            if let Some(header) = header {
+                response
+                    .headers_mut()
+                    .insert(REQUEST_ID_HEADER.clone(), header);
+            }
+            let status = response.status();
+            span.in_scope(|| {
+                if status.is_server_error() {
+                    tracing::warn!(
+                        status = status.as_u16(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "request failed"
+                    );
+                } else {
+                    tracing::debug!(
+                        status = status.as_u16(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "request served"
+                    );
+                }
+            });
+            response
+        }
+        Err(problem) => problem.into_response(),
+    };
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response.headers_mut().remove(header::SERVER);
+    response
+}
+
+/// Fallback for unknown paths: a 404 problem instead of an empty body.
+pub async fn not_found(request: Request) -> Problem {
+    let problem = Problem::not_found(request.uri().path());
+    match request.extensions().get::<RequestId>() {
+        Some(id) => problem.with_request_id(id),
+        None => problem,
+    }
+}
+
+/// Fallback for a known path with the wrong method: a 405 problem.
+pub async fn method_not_allowed(request: Request) -> Problem {
+    let problem = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!(
+            "`{}` does not accept {}; see /swagger for the allowed methods",
+            request.uri().path(),
+            request.method()
+        ),
+    );
+    match request.extensions().get::<RequestId>() {
+        Some(id) => problem.with_request_id(id),
+        None => problem,
+    }
+}
+
+/// `GET /metrics`: the Prometheus text exposition of this process's metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+))]
+pub async fn metrics_handler() -> Response {
+    match crate::telemetry::prometheus() {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics-unavailable",
+            "Metrics unavailable",
+            "another metrics recorder was installed in this process",
+        )
+        .into_response(),
+    }
+}
+
+/// A JSON body extractor whose rejections are [`Problem`]s: 400 for malformed JSON or wrong
+/// fields, 413 over the body limit, 415 for a missing or wrong `Content-Type`.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let request_id = request.extensions().get::<RequestId>().cloned();
+        let problem = match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => return Ok(ApiJson(value)),
+            Err(rejection) => {
+                use axum::extract::rejection::JsonRejection;
+                match rejection {
+                    JsonRejection::MissingJsonContentType(_) => Problem::new(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported-media-type",
+                        "Unsupported media type",
+                        "send the body as JSON with `Content-Type: application/json`",
+                    ),
+                    JsonRejection::JsonSyntaxError(err) => Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed-json",
+                        "Malformed JSON",
+                        format!("the body is not valid JSON: {}", err.body_text()),
+                    ),
+                    JsonRejection::JsonDataError(err) => Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "validation",
+                        "Invalid request",
+                        format!(
+                            "the body does not have the expected fields: {}",
+                            err.body_text()
+                        ),
+                    ),
+                    other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload-too-large",
+                        "Body too large",
+                        "the body is over the size limit; send a smaller body",
+                    ),
+                    other => Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad-body",
+                        "Unreadable body",
+                        other.body_text(),
+                    ),
+                }
+            }
+        };
+        Err(match request_id {
+            Some(id) => problem.with_request_id(&id),
+            None => problem,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_bounded_and_safe() {
+        assert!(validate_request_id("lt-1-42").is_ok());
+        assert!(validate_request_id("a.b_c:d-e").is_ok());
+        assert!(validate_request_id("").is_err());
+        assert!(validate_request_id(&"a".repeat(129)).is_err());
+        assert!(validate_request_id("a b").is_err());
+        assert!(validate_request_id("a\nb").is_err());
+    }
+
+    #[test]
+    fn problem_sets_content_type_retry_after_and_id() {
+        let problem = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Overloaded",
+            "try later",
+        )
+        .with_request_id(&RequestId("r1".into()))
+        .retry_after(2);
+        let response = problem.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(response.headers()[&REQUEST_ID_HEADER], "r1");
+    }
+}

@@ -1,0 +1,19 @@
+//! Everything the ingress and the proxy have in common.
+//!
+//! The two services talk only through Redis, so the wire format ([`protocol`]), the Redis
+//! connection setup ([`redis`]), the consumer-group bookkeeping ([`streams`]) and the
+//! operational plumbing (configuration pieces, telemetry, HTTP helpers, shutdown) live here once
+//! instead of being written twice and drifting apart.
+
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod protocol;
+pub mod redis;
+pub mod shutdown;
+pub mod streams;
+pub mod telemetry;
+pub mod weather;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

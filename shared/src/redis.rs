@@ -1,0 +1,101 @@
+//! Redis connections and the consumer-group bookkeeping both services need.
+//!
+//! fred has two traps this module exists to avoid (see docs/architecture.md):
+//! it does not reconnect unless a policy is set, and a blocking command (XREAD BLOCK,
+//! XREADGROUP BLOCK) holds its connection, so every other command on that client waits
+//! behind it. Every client is therefore built here, with a reconnect policy, and each
+//! blocking reader gets a client of its own via [`connect`].
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::config::UnresponsiveConfig;
+
+/// Timeout for an ordinary (non-blocking) command. A healthy Redis answers in well under a
+/// millisecond; this bounds how long a caller can hang when Redis stalls.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds a client for `url` and starts connecting in the background.
+///
+/// The client reconnects forever with exponential backoff capped at 2 s, so after a Redis
+/// outage both services resume within about two seconds of Redis returning, without a
+/// restart. The first connection attempt is not awaited: a service starts (and reports
+/// not-ready) while Redis is still coming up, instead of crash-looping.
+pub fn connect(url: &str) -> Result<Client, Error> {
+    let mut config = Config::from_url(url)?;
+    // Retry the very first connection too instead of failing the process.
+    config.fail_fast = false;
+    let client = Builder::from_config(config)
+        .with_connection_config(|conn| {
+            conn.connection_timeout = Duration::from_secs(3);
+            conn.internal_command_timeout = Duration::from_secs(3);
+            conn.max_command_attempts = 3;
+            conn.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(Duration::from_secs(10)),
+                interval: Duration::from_secs(1),
+            };
+        })
+        .with_performance_config(|perf| {
+            perf.default_command_timeout = COMMAND_TIMEOUT;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+        .build()?;
+    // The connection task runs until `quit`; errors surface on commands and in readiness.
+    let _connection_task = client.connect();
+    Ok(client)
+}
+
+/// Waits up to `timeout` for the client's first connection. Used at start-up only to log
+/// clearly whether Redis answered; the service runs either way.
+pub async fn wait_connected(client: &Client, timeout: Duration) -> bool {
+    if client.is_connected() {
+        return true;
+    }
+    matches!(
+        tokio::time::timeout(timeout, client.wait_for_connect()).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Creates the consumer group (and the stream, MKSTREAM) if it does not exist yet.
+///
+/// The group starts at id `0`, so entries written before the first proxy ever started are
+/// still delivered. An existing group (BUSYGROUP) is left as it is. Called at start-up by both
+/// services and again whenever a reader meets NOGROUP (Redis restarted without persistence).
+pub async fn ensure_group(client: &Client, stream: &str, group: &str) -> Result<(), Error> {
+    match client
+        .xgroup_create::<(), _, _, _>(stream, group, "0", true)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(stream, group, "created consumer group");
+            Ok(())
+        }
+        Err(err) if err.details().starts_with("BUSYGROUP") => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// True when Redis answered that the stream or its consumer group does not exist.
+pub fn is_nogroup(err: &Error) -> bool {
+    err.details().starts_with("NOGROUP")
+}
+
+/// Counts a failed Redis call in `redis_errors_total{operation}`.
+pub fn record_error(operation: &'static str, err: &Error) {
+    metrics::counter!("redis_errors_total", "operation" => operation).increment(1);
+    tracing::debug!(operation, error = %err, "redis call failed");
+}
+
+/// Measures a PING round trip, for health endpoints.
+pub async fn ping_ms(client: &Client, timeout: Duration) -> Result<f64, String> {
+    if !client.is_connected() {
+        return Err("not connected to Redis".into());
+    }
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(timeout, client.ping::<String>(None)).await {
+        Ok(Ok(_)) => Ok(started.elapsed().as_secs_f64() * 1000.0),
+        Ok(Err(err)) => Err(format!("PING failed: {err}")),
+        Err(_) => Err(format!("PING timed out after {} ms", timeout.as_millis())),
+    }
+}

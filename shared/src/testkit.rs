@@ -1,0 +1,298 @@
+//! Test support: real `redis-server` processes on free ports and the real service binaries.
+//!
+//! Compiled only with the `testkit` feature (the services' dev-dependencies enable it). Test
+//! code may panic with a clear message; that is how a test reports a broken precondition.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fred::prelude::*;
+use tokio::process::{Child, Command};
+
+/// Asks the OS for a free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls `check` every 20 ms until it returns true; panics naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `redis-server` owned by one test, on its own port and directory, killed on drop.
+pub struct RedisServer {
+    /// Port it listens on (127.0.0.1).
+    pub port: u16,
+    dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server without persistence.
+    pub async fn start() -> Self {
+        Self::start_with(&["--save", "", "--appendonly", "no"]).await
+    }
+
+    /// Starts a server with extra arguments (e.g. `--appendonly yes`).
+    pub async fn start_with(extra_args: &[&str]) -> Self {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir for redis"),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&binary)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {binary} ({e}); install it: apt-get install -y redis-server")
+            });
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(
+            "redis-server to accept connections",
+            Duration::from_secs(10),
+            || async move { redis_ping(port).await },
+        )
+        .await;
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A connected client for inspecting Redis state from the test.
+    pub async fn client(&self) -> Client {
+        let client = Builder::from_config(Config::from_url(&self.url()).expect("redis url"))
+            .build()
+            .expect("build client");
+        client.init().await.expect("connect to test redis");
+        client
+    }
+
+    /// SIGKILLs the server (a crash, not a shutdown).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Starts the server again on the same port and directory (AOF, if enabled, is replayed).
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn().await;
+    }
+}
+
+async fn redis_ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if stream.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(stream.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// Path of a workspace binary (`ingress`, `proxy`, `load-test`) next to the test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing; build the workspace first (cargo build --workspace, or run ./scripts/test)",
+        path.display()
+    );
+    path
+}
+
+/// A service binary running as a child process with its own port, killed on drop.
+pub struct Service {
+    /// Which binary.
+    pub name: String,
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    child: Option<Child>,
+    log: tempfile::NamedTempFile,
+}
+
+impl Service {
+    /// Starts `name` with `env` (LISTEN_ADDR is chosen here) and waits until /health/ready is 200.
+    pub async fn start(name: &str, env: &[(&str, String)]) -> Self {
+        let service = Self::spawn(name, env);
+        service.wait_ready().await;
+        service
+    }
+
+    /// Starts `name` and waits only until it answers /health/live (e.g. Redis is down).
+    pub async fn start_live(name: &str, env: &[(&str, String)]) -> Self {
+        let service = Self::spawn(name, env);
+        let url = format!("{}/health/live", service.url);
+        let http = reqwest::Client::new();
+        wait_until(
+            &format!("{name} to answer /health/live"),
+            Duration::from_secs(20),
+            || {
+                let http = http.clone();
+                let url = url.clone();
+                async move { http.get(&url).send().await.is_ok() }
+            },
+        )
+        .await;
+        service
+    }
+
+    fn spawn(name: &str, env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let stderr = log.reopen().expect("reopen log file");
+        let child = Command::new(binary(name))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_SERVICE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Service {
+            name: name.to_string(),
+            url: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Waits until /health/ready answers 200, printing the service's log on timeout.
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/health/ready", self.url);
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = http.get(&url).send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "{} did not become ready in 30 s; its log:\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What the service wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM (what Kubernetes and docker send on stop).
+    pub fn sigterm(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Sends SIGKILL (a crash).
+    pub fn sigkill(&self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("service is running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .expect("send signal");
+    }
+
+    /// Waits for the process to exit and returns its exit code (None if killed by a signal).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take().expect("service is running");
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            Ok(Err(e)) => panic!("waiting for {} failed: {e}", self.name),
+            Err(_) => {
+                let _ = child.kill().await;
+                panic!(
+                    "{} did not exit within {timeout:?}; its log:\n{}",
+                    self.name,
+                    self.logs()
+                )
+            }
+        }
+    }
+
+    /// Reads `/metrics` and returns the sum of all samples of `name` (any labels).
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        sum_metric(&text, name)
+    }
+}
+
+/// Sums the samples of metric `name` in a Prometheus text exposition.
+pub fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1,0 +1,133 @@
+//! The weather API's JSON shapes, shared so the ingress documents exactly what the proxy
+//! produces. Field names are camelCase as the seed's clients send and expect.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Longest accepted city name, in characters.
+pub const MAX_CITY_CHARS: usize = 100;
+/// Longest accepted location, in characters.
+pub const MAX_LOCATION_CHARS: usize = 100;
+
+/// Body of `POST /WeatherForecast/city`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"city": "New York", "location": "Downtown"}))]
+pub struct CityForecastRequest {
+    /// City to forecast, 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100, example = "New York")]
+    pub city: String,
+    /// Part of the city, up to 100 characters; may be omitted.
+    #[serde(default)]
+    #[schema(max_length = 100, example = "Downtown")]
+    pub location: String,
+}
+
+impl CityForecastRequest {
+    /// Checks the field rules; the message names the field and the rule, for a 400 body.
+    pub fn validate(&self) -> Result<(), String> {
+        let city_chars = self.city.trim().chars().count();
+        if city_chars == 0 {
+            return Err("`city` is required and must not be blank".into());
+        }
+        if self.city.chars().count() > MAX_CITY_CHARS {
+            return Err(format!(
+                "`city` must be at most {MAX_CITY_CHARS} characters"
+            ));
+        }
+        if self.location.chars().count() > MAX_LOCATION_CHARS {
+            return Err(format!(
+                "`location` must be at most {MAX_LOCATION_CHARS} characters"
+            ));
+        }
+        if self
+            .city
+            .chars()
+            .chain(self.location.chars())
+            .any(char::is_control)
+        {
+            return Err("`city` and `location` must not contain control characters".into());
+        }
+        Ok(())
+    }
+}
+
+/// A forecast for one city, made by the proxy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({
+    "requestId": "6f1c2a9e-3d0b-4a53-9c1e-5b8f0e2d7a41",
+    "city": "New York",
+    "location": "Downtown",
+    "forecastTime": "2026-11-21T22:30:00Z",
+    "temperature": 12.4,
+    "condition": "Partly Cloudy",
+    "humidity": 63,
+    "windSpeed": 14.2
+}))]
+pub struct CityForecast {
+    /// Correlation id of the request; equals the `X-Request-Id` response header.
+    pub request_id: String,
+    /// The requested city.
+    pub city: String,
+    /// The requested location.
+    pub location: String,
+    /// When the forecast was made (RFC 3339, UTC).
+    pub forecast_time: String,
+    /// Temperature in °C.
+    pub temperature: f64,
+    /// Sky condition, e.g. `Sunny`.
+    pub condition: String,
+    /// Relative humidity in percent.
+    pub humidity: u8,
+    /// Wind speed in km/h.
+    pub wind_speed: f64,
+}
+
+/// One day of the five-day sample (`GET /WeatherForecast`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"date": "2026-11-22", "temperatureC": 21, "temperatureF": 69, "summary": "Mild"}))]
+pub struct DailyForecast {
+    /// Day of the forecast (YYYY-MM-DD).
+    pub date: String,
+    /// Temperature in °C.
+    pub temperature_c: i32,
+    /// Temperature in °F.
+    pub temperature_f: i32,
+    /// One-word summary.
+    pub summary: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(city: &str, location: &str) -> CityForecastRequest {
+        CityForecastRequest {
+            city: city.into(),
+            location: location.into(),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert!(request("New York", "Downtown").validate().is_ok());
+        assert!(request("New York", "").validate().is_ok());
+        assert!(request("  ", "x").validate().unwrap_err().contains("city"));
+        assert!(
+            request(&"a".repeat(101), "")
+                .validate()
+                .unwrap_err()
+                .contains("city")
+        );
+        assert!(request(&"é".repeat(100), "").validate().is_ok());
+        assert!(
+            request("x", &"b".repeat(101))
+                .validate()
+                .unwrap_err()
+                .contains("location")
+        );
+        assert!(request("x\u{0}", "").validate().is_err());
+    }
+}
