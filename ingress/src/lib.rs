@@ -9,6 +9,7 @@ pub mod admission;
 pub mod broker;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod replies;
 pub mod routes;
 pub mod startup;

@@ -195,9 +195,13 @@ fn deliver(pending: &PendingReplies, text: HashMap<String, String>) {
     }
 }
 
-/// Keeps the reply stream alive: refreshes its expiry every quarter of `ttl`, and re-creates
-/// it when it is gone (Redis restarted without persistence) — at once after a reconnect,
-/// signalled through `reconnected`. Deletes the stream when `stop` is cancelled.
+/// How often the keeper refreshes the reply stream's expiry and checks it still exists. One
+/// cheap command per second bounds how long replies can be lost after Redis lost its data.
+const KEEPER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps the reply stream alive: refreshes its expiry every second (at most every quarter of
+/// `ttl`), and re-creates it when it is gone (Redis lost its data) — at once after a
+/// reconnect, signalled through `reconnected`. Deletes the stream when `stop` is cancelled.
 pub async fn keep_reply_stream(
     commands: Client,
     stream: String,
@@ -224,7 +228,7 @@ pub async fn keep_reply_stream(
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = reconnected.notified() => {}
-            _ = tokio::time::sleep(ttl / 4) => {}
+            _ = tokio::time::sleep(KEEPER_INTERVAL.min(ttl / 4)) => {}
         }
     }
     if let Err(err) = commands.del::<(), _>(stream.as_str()).await {
@@ -249,7 +253,9 @@ mod tests {
     #[tokio::test]
     async fn a_reply_reaches_its_waiter_and_only_once() {
         let pending = Arc::new(PendingReplies::default());
-        let mut waiter = pending.register("a").expect("first registration");
+        let Ok(mut waiter) = pending.register("a") else {
+            panic!("first registration refused");
+        };
         assert!(
             pending.register("a").is_err(),
             "duplicate id must be refused"
@@ -262,7 +268,9 @@ mod tests {
     #[test]
     fn dropping_a_waiter_unregisters_it() {
         let pending = Arc::new(PendingReplies::default());
-        let waiter = pending.register("b").expect("registration");
+        let Ok(waiter) = pending.register("b") else {
+            panic!("registration refused");
+        };
         assert_eq!(pending.len(), 1);
         drop(waiter);
         assert!(pending.is_empty());

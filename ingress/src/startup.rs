@@ -39,6 +39,7 @@ impl Application {
     /// Binds the listener and starts connecting to Redis. Fails only for problems a restart
     /// cannot fix (address in use, malformed URL); an unreachable Redis is waited out.
     pub async fn build(config: IngressConfig) -> anyhow::Result<Self> {
+        crate::metrics::register();
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {} (LISTEN_ADDR)", config.listen_addr))?;

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod consumer;
+pub mod metrics;
 pub mod processor;
 pub mod reply;
 pub mod routes;

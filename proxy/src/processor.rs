@@ -142,32 +142,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn city_forecast_echoes_the_request() {
-        let json = instant()
+    async fn city_forecast_echoes_the_request() -> Result<(), serde_json::Error> {
+        let result = instant()
             .process(
                 "r1",
                 "weather.city",
                 r#"{"city":"Paris","location":"Montmartre"}"#,
             )
-            .await
-            .expect("forecast");
-        let forecast: CityForecast = serde_json::from_str(&json).expect("valid JSON");
+            .await;
+        let Ok(json) = result else {
+            panic!("no forecast: {result:?}");
+        };
+        let forecast: CityForecast = serde_json::from_str(&json)?;
         assert_eq!(forecast.request_id, "r1");
         assert_eq!(forecast.city, "Paris");
         assert_eq!(forecast.location, "Montmartre");
         assert!(CONDITIONS.contains(&forecast.condition.as_str()));
         assert!((-10.0..=40.0).contains(&forecast.temperature));
+        Ok(())
     }
 
     #[tokio::test]
-    async fn sample_has_five_consecutive_days() {
-        let json = instant()
-            .process("r2", "weather.sample", "{}")
-            .await
-            .expect("sample");
-        let days: Vec<DailyForecast> = serde_json::from_str(&json).expect("valid JSON");
+    async fn sample_has_five_consecutive_days() -> Result<(), serde_json::Error> {
+        let result = instant().process("r2", "weather.sample", "{}").await;
+        let Ok(json) = result else {
+            panic!("no sample: {result:?}");
+        };
+        let days: Vec<DailyForecast> = serde_json::from_str(&json)?;
         assert_eq!(days.len(), 5);
         assert!(days.windows(2).all(|pair| pair[0].date < pair[1].date));
+        Ok(())
     }
 
     #[tokio::test]

@@ -32,6 +32,7 @@ pub struct Application {
 impl Application {
     /// Binds the listener and starts connecting to Redis (an unreachable Redis is waited out).
     pub async fn build(config: ProxyConfig) -> anyhow::Result<Self> {
+        crate::metrics::register();
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {} (LISTEN_ADDR)", config.listen_addr))?;

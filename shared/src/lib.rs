@@ -14,6 +14,3 @@ pub mod shutdown;
 pub mod streams;
 pub mod telemetry;
 pub mod weather;
-
-#[cfg(feature = "testkit")]
-pub mod testkit;

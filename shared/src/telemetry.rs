@@ -62,3 +62,55 @@ pub fn prometheus() -> Option<PrometheusHandle> {
         })
         .clone()
 }
+
+/// Redis operations whose failures are counted in `redis_errors_total{operation}`.
+pub const REDIS_OPERATIONS: &[&str] = &[
+    "xadd",
+    "xadd_reply",
+    "xread",
+    "xreadgroup",
+    "xack",
+    "xtrim",
+    "xlen",
+    "xinfo_groups",
+    "xgroup_create",
+    "xpending",
+    "xgroup_delconsumer",
+    "pexpire",
+    "del",
+];
+
+/// Describes the metrics both services export and publishes every known series at zero, so
+/// dashboards and `rate()` see a series from the first scrape, not from the first incident.
+pub fn register_common_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "http_requests_total",
+        "HTTP requests served, by method, matched route template and status"
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request duration, by method, route and status"
+    );
+    describe_counter!("redis_errors_total", "Failed Redis calls, by operation");
+    describe_gauge!(
+        "stream_length",
+        "Entries in the request stream (waiting + being processed), sampled"
+    );
+    describe_gauge!(
+        "stream_group_lag",
+        "Entries of the request stream not yet delivered to any consumer, sampled"
+    );
+    describe_gauge!(
+        "stream_group_pending",
+        "Entries delivered to a consumer and not yet acknowledged, sampled"
+    );
+    describe_gauge!(
+        "stream_group_consumers",
+        "Consumers registered in the consumer group, sampled"
+    );
+    for operation in REDIS_OPERATIONS {
+        metrics::counter!("redis_errors_total", "operation" => *operation).absolute(0);
+    }
+}

@@ -161,12 +161,9 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn headers(value: &str) -> HeaderMap {
+    fn headers(value: &'static str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            REQUEST_TIMEOUT_HEADER,
-            HeaderValue::from_str(value).expect("header"),
-        );
+        headers.insert(REQUEST_TIMEOUT_HEADER, HeaderValue::from_static(value));
         headers
     }
 

@@ -1,7 +1,7 @@
 //! Test support: real `redis-server` processes on free ports and the real service binaries.
 //!
-//! Compiled only with the `testkit` feature (the services' dev-dependencies enable it). Test
-//! code may panic with a clear message; that is how a test reports a broken precondition.
+//! A dev-dependency only: the services never link it. Its functions panic with a clear message
+//! when a precondition breaks (no redis-server, a binary missing), which is how a test fails.
 
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -1,0 +1,38 @@
+//! The ingress's own metrics: their names and meaning in one place (docs/operations.md).
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+/// Reasons in `ingress_rejections_total{reason}`.
+pub const REJECTION_REASONS: &[&str] = &["in_flight_limit", "backlog_limit", "draining"];
+
+/// Describes the ingress metrics and publishes the counters at zero.
+pub fn register() {
+    shared::telemetry::register_common_metrics();
+    describe_gauge!(
+        "ingress_requests_in_flight",
+        "Requests awaiting their reply on this instance"
+    );
+    describe_gauge!("ingress_draining", "1 while the instance is shutting down");
+    describe_histogram!(
+        "ingress_round_trip_seconds",
+        metrics::Unit::Seconds,
+        "From XADD of the request to its reply (or the deadline), by operation and outcome"
+    );
+    describe_counter!(
+        "ingress_rejections_total",
+        "Requests refused before reaching Redis, by reason"
+    );
+    describe_counter!(
+        "ingress_replies_unmatched_total",
+        "Replies that found no waiter (late after a timeout, or duplicates)"
+    );
+    describe_counter!(
+        "ingress_replies_invalid_total",
+        "Unreadable entries on the reply stream"
+    );
+    for reason in REJECTION_REASONS {
+        metrics::counter!("ingress_rejections_total", "reason" => *reason).absolute(0);
+    }
+    metrics::counter!("ingress_replies_unmatched_total").absolute(0);
+    metrics::counter!("ingress_replies_invalid_total").absolute(0);
+}

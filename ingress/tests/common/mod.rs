@@ -1,0 +1,226 @@
+//! A whole broker on one machine for a test: its own redis-server, proxies and ingresses as
+//! real processes on free ports.
+#![allow(dead_code)] // each test binary uses a different part of this
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use serde_json::{Value, json};
+use testkit::{RedisServer, Service, wait_until};
+
+pub const REQUEST_STREAM: &str = "weather-requests";
+pub const GROUP: &str = "processing-group";
+
+/// The seed's city/location pairs.
+pub const CITIES: &[(&str, &str)] = &[
+    ("New York", "Downtown"),
+    ("London", "Westminster"),
+    ("Tokyo", "Shibuya"),
+    ("Paris", "Montmartre"),
+    ("Sydney", "Harbour"),
+    ("Berlin", "Mitte"),
+    ("Toronto", "Downtown"),
+    ("Singapore", "Marina Bay"),
+    ("Dubai", "Downtown"),
+    ("Mumbai", "Bandra"),
+    ("São Paulo", "Paulista"),
+    ("Cape Town", "Waterfront"),
+    ("Moscow", "Arbat"),
+    ("Seoul", "Gangnam"),
+    ("Mexico City", "Centro"),
+];
+
+pub struct Stack {
+    pub redis: RedisServer,
+    pub proxies: Vec<Service>,
+    pub ingresses: Vec<Service>,
+    pub http: reqwest::Client,
+}
+
+pub struct StackOptions {
+    pub proxies: usize,
+    pub ingresses: usize,
+    pub proxy_env: Vec<(&'static str, String)>,
+    pub ingress_env: Vec<(&'static str, String)>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            proxies: 1,
+            ingresses: 1,
+            proxy_env: vec![("PROCESSING_DELAY_MS", "0".into())],
+            ingress_env: vec![],
+        }
+    }
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Self {
+        let redis = RedisServer::start().await;
+        let mut stack = Stack {
+            redis,
+            proxies: Vec::new(),
+            ingresses: Vec::new(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("http client"),
+        };
+        for _ in 0..options.proxies {
+            stack.add_proxy(&options.proxy_env).await;
+        }
+        for _ in 0..options.ingresses {
+            let mut env = vec![("REDIS_URL", stack.redis.url())];
+            env.extend(options.ingress_env.iter().cloned());
+            stack.ingresses.push(Service::start("ingress", &env).await);
+        }
+        stack
+    }
+
+    pub async fn add_proxy(&mut self, extra: &[(&'static str, String)]) {
+        let mut env = vec![("REDIS_URL", self.redis.url())];
+        env.extend(extra.iter().cloned());
+        self.proxies.push(Service::start("proxy", &env).await);
+    }
+
+    pub fn ingress(&self) -> &Service {
+        &self.ingresses[0]
+    }
+
+    /// POST /WeatherForecast/city on ingress `index`.
+    pub async fn post_city_on(
+        &self,
+        index: usize,
+        city: &str,
+        location: &str,
+        request_id: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!(
+                "{}/WeatherForecast/city",
+                self.ingresses[index].url
+            ))
+            .json(&json!({"city": city, "location": location}));
+        if let Some(id) = request_id {
+            request = request.header("X-Request-Id", id);
+        }
+        request.send().await.expect("POST /WeatherForecast/city")
+    }
+
+    pub async fn post_city(
+        &self,
+        city: &str,
+        location: &str,
+        request_id: Option<&str>,
+    ) -> reqwest::Response {
+        self.post_city_on(0, city, location, request_id).await
+    }
+
+    pub async fn redis_client(&self) -> Client {
+        self.redis.client().await
+    }
+}
+
+/// Asserts a 200 forecast reply belongs to the request, returns the body.
+pub async fn assert_forecast(
+    response: reqwest::Response,
+    city: &str,
+    location: &str,
+    request_id: Option<&str>,
+) -> Value {
+    assert_eq!(response.status(), 200, "expected 200 for {city}");
+    let header_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .expect("X-Request-Id header");
+    let body: Value = response.json().await.expect("JSON body");
+    assert_eq!(
+        body["requestId"], header_id,
+        "requestId equals the X-Request-Id header"
+    );
+    if let Some(id) = request_id {
+        assert_eq!(body["requestId"], id);
+    }
+    assert_eq!(body["city"], city);
+    assert_eq!(body["location"], location);
+    body
+}
+
+/// Asserts a problem+json error with `status`, returns the body.
+pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let header_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(body["status"], status);
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:problem:broker:")),
+        "{body}"
+    );
+    assert!(
+        body["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    if let Some(id) = header_id {
+        assert_eq!(
+            body["requestId"],
+            id.as_str(),
+            "requestId in body matches header"
+        );
+    }
+    body
+}
+
+/// Pending entries of the group (XINFO GROUPS).
+pub async fn group_pending(redis: &Client) -> u64 {
+    shared::streams::group_info(redis, REQUEST_STREAM, GROUP)
+        .await
+        .expect("XINFO GROUPS")
+        .map(|info| info.pending)
+        .unwrap_or(0)
+}
+
+pub async fn stream_len(redis: &Client, key: &str) -> u64 {
+    redis.xlen(key).await.expect("XLEN")
+}
+
+/// Waits until the sum of `metric` on `service` reaches `value`.
+pub async fn wait_metric(service: &Service, metric: &str, value: f64) {
+    wait_until(
+        &format!("{metric} on {} to reach {value}", service.name),
+        Duration::from_secs(10),
+        || async { service.metric_sum(metric).await >= value },
+    )
+    .await;
+}
+
+/// KEYS `pattern` (fine on a test's private Redis).
+pub async fn keys(redis: &Client, pattern: &str) -> Vec<String> {
+    redis
+        .custom(
+            fred::types::CustomCommand::new_static("KEYS", None, false),
+            vec![pattern],
+        )
+        .await
+        .expect("KEYS")
+}
