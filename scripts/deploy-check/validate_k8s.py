@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""Offline checks of rendered Kubernetes manifests (the output of `kubectl kustomize`).
+
+1. Schema: every built-in object against the Kubernetes OpenAPI JSON schemas shipped by the
+   PyPI package kubernetes-validate (strict: unknown fields are errors), for each version
+   given with --k8s-version. KEDA objects (keda.sh/*) against the models that PyPI's
+   cloudcoil-models-keda generates from KEDA's CRDs, plus an unknown-field check (those
+   models silently ignore extra fields, so anything they drop is reported).
+2. Consistency: every name an object refers to (ConfigMaps, Secrets, ServiceAccounts,
+   Services, autoscaler targets, selectors, named ports) exists in the same render.
+3. Policy: the hardening, probes and shutdown timing that issue #5 asks for.
+
+Usage: validate_k8s.py RENDERED.yaml [--k8s-version 1.30.0 ...] [--label NAME]
+Prints one line per problem and a summary; exits 1 if anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import Counter
+
+import yaml
+
+APP_SERVICES = ("ingress", "proxy")
+APP_NAMESPACE = "redis-stream-demo"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+def load(path: str) -> list[dict]:
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def ident(obj: dict) -> str:
+    meta = obj.get("metadata", {})
+    ns = meta.get("namespace", "")
+    return f"{obj.get('kind')}/{ns + '/' if ns else ''}{meta.get('name')}"
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Schemas
+
+
+def check_builtin_schema(obj: dict, versions: list[str], errors: list[str]) -> None:
+    import kubernetes_validate
+
+    for version in versions:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path) or "(root)"
+            errors.append(f"{ident(obj)}: k8s {e.version} schema: {path}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            errors.append(f"{ident(obj)}: no Kubernetes {version} schema: {e.message}")
+
+
+def dropped_fields(given, dumped, path="") -> list[str]:
+    """Keys present in `given` but missing from the model's dump: unknown to the schema."""
+    out = []
+    if isinstance(given, dict) and isinstance(dumped, dict):
+        for key, value in given.items():
+            if key not in dumped:
+                out.append(f"{path}.{key}".lstrip("."))
+            else:
+                out.extend(dropped_fields(value, dumped[key], f"{path}.{key}"))
+    elif isinstance(given, list) and isinstance(dumped, list):
+        for i, (a, b) in enumerate(zip(given, dumped)):
+            out.extend(dropped_fields(a, b, f"{path}[{i}]"))
+    return out
+
+
+def check_keda_schema(obj: dict, errors: list[str]) -> str:
+    from importlib.metadata import version
+
+    import pydantic
+    from cloudcoil.models.keda import v1alpha1 as keda
+
+    api_version, kind = obj.get("apiVersion"), obj.get("kind")
+    model = getattr(keda, kind, None) if api_version == "keda.sh/v1alpha1" else None
+    if model is None:
+        errors.append(f"{ident(obj)}: no KEDA model for {api_version} {kind}")
+        return ""
+    try:
+        parsed = model.model_validate(obj)
+    except pydantic.ValidationError as e:
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            errors.append(f"{ident(obj)}: KEDA schema: {loc}: {err['msg']}")
+        return ""
+    dumped = parsed.model_dump(by_alias=True, exclude_none=True, mode="json")
+    for field in dropped_fields(obj, dumped):
+        errors.append(f"{ident(obj)}: KEDA schema: unknown field {field}")
+    return version("cloudcoil.models.keda")
+
+
+# --------------------------------------------------------------------------------------------
+# 2. References
+
+
+def pod_spec(obj: dict) -> dict | None:
+    if obj.get("kind") in WORKLOAD_KINDS:
+        return obj["spec"]["template"]["spec"]
+    return None
+
+
+def pod_labels(obj: dict) -> dict:
+    return obj["spec"]["template"]["metadata"].get("labels", {})
+
+
+def selector_matches(selector: dict, labels: dict) -> bool:
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def check_references(objs: list[dict], errors: list[str]) -> int:
+    names = {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in objs}
+    namespaces = {o["metadata"]["name"] for o in objs if o["kind"] == "Namespace"}
+    workloads = [o for o in objs if o["kind"] in WORKLOAD_KINDS]
+    checked = 0
+
+    def need(kind, ns, name, what):
+        nonlocal checked
+        checked += 1
+        if (kind, ns, name) not in names:
+            errors.append(f"{what}: refers to {kind} {ns}/{name}, which is not in the render")
+
+    for o in objs:
+        ns = o["metadata"].get("namespace", "")
+        if o["kind"] != "Namespace" and ns and ns not in namespaces:
+            errors.append(f"{ident(o)}: namespace {ns} is not created by the render")
+        spec = pod_spec(o)
+        if spec is not None:
+            if spec.get("serviceAccountName"):
+                need("ServiceAccount", ns, spec["serviceAccountName"], ident(o))
+            for vol in spec.get("volumes", []):
+                if "configMap" in vol:
+                    need("ConfigMap", ns, vol["configMap"]["name"], ident(o))
+                if "secret" in vol:
+                    need("Secret", ns, vol["secret"]["secretName"], ident(o))
+            for c in spec.get("containers", []) + spec.get("initContainers", []):
+                for src in c.get("envFrom", []):
+                    if "configMapRef" in src:
+                        need("ConfigMap", ns, src["configMapRef"]["name"], ident(o))
+                    if "secretRef" in src:
+                        need("Secret", ns, src["secretRef"]["name"], ident(o))
+                for env in c.get("env", []):
+                    ref = env.get("valueFrom", {})
+                    if "secretKeyRef" in ref:
+                        need("Secret", ns, ref["secretKeyRef"]["name"], ident(o))
+                    if "configMapKeyRef" in ref:
+                        need("ConfigMap", ns, ref["configMapKeyRef"]["name"], ident(o))
+            if o["kind"] == "StatefulSet":
+                need("Service", ns, o["spec"]["serviceName"], ident(o))
+        if o["kind"] == "Service" and o["spec"].get("selector"):
+            matches = [w for w in workloads if w["metadata"].get("namespace", "") == ns
+                       and selector_matches({"matchLabels": o["spec"]["selector"]}, pod_labels(w))]
+            checked += 1
+            if not matches:
+                errors.append(f"{ident(o)}: selector matches no workload")
+            for port in o["spec"].get("ports", []):
+                target = port.get("targetPort")
+                if isinstance(target, str):
+                    for w in matches:
+                        port_names = {p.get("name") for c in pod_spec(w)["containers"] for p in c.get("ports", [])}
+                        checked += 1
+                        if target not in port_names:
+                            errors.append(f"{ident(o)}: targetPort {target} is not a port of {ident(w)}")
+        if o["kind"] in ("HorizontalPodAutoscaler", "ScaledObject"):
+            ref = o["spec"]["scaleTargetRef"]
+            need(ref.get("kind", "Deployment"), ns, ref["name"], ident(o))
+        if o["kind"] == "ScaledObject":
+            for trig in o["spec"].get("triggers", []):
+                if "authenticationRef" in trig:
+                    need(trig["authenticationRef"].get("kind", "TriggerAuthentication"), ns,
+                         trig["authenticationRef"]["name"], ident(o))
+        if o["kind"] == "TriggerAuthentication":
+            for ref in o["spec"].get("secretTargetRef", []):
+                need("Secret", ns, ref["name"], ident(o))
+        if o["kind"] in ("PodDisruptionBudget", "NetworkPolicy"):
+            sel = o["spec"].get("selector") if o["kind"] == "PodDisruptionBudget" else o["spec"].get("podSelector")
+            if sel:  # an empty podSelector means every pod of the namespace
+                checked += 1
+                if not any(w["metadata"].get("namespace", "") == ns and selector_matches(sel, pod_labels(w))
+                           for w in workloads):
+                    errors.append(f"{ident(o)}: selector matches no workload")
+        if o["kind"] == "Ingress":
+            for rule in o["spec"].get("rules", []):
+                for p in rule.get("http", {}).get("paths", []):
+                    svc = p["backend"]["service"]
+                    need("Service", ns, svc["name"], ident(o))
+                    port_name = svc["port"].get("name")
+                    for s in objs:
+                        if s["kind"] == "Service" and s["metadata"]["name"] == svc["name"] \
+                                and s["metadata"].get("namespace", "") == ns and port_name:
+                            checked += 1
+                            if port_name not in {sp.get("name") for sp in s["spec"]["ports"]}:
+                                errors.append(f"{ident(o)}: Service {svc['name']} has no port {port_name}")
+        if o["kind"] == "RoleBinding":
+            need(o["roleRef"]["kind"], ns if o["roleRef"]["kind"] == "Role" else "", o["roleRef"]["name"], ident(o))
+            for subj in o.get("subjects", []):
+                if subj["kind"] == "ServiceAccount":
+                    need("ServiceAccount", subj.get("namespace", ns), subj["name"], ident(o))
+    return checked
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Policy
+
+
+def duration_seconds(text: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", str(text).strip())
+    if not m:
+        raise ValueError(f"cannot read duration {text!r}")
+    value, unit = float(m.group(1)), m.group(2) or "s"
+    return value / 1000 if unit == "ms" else value * 60 if unit == "m" else value
+
+
+def check_policy(objs: list[dict], errors: list[str]) -> int:
+    checked = 0
+
+    def expect(cond, msg):
+        nonlocal checked
+        checked += 1
+        if not cond:
+            errors.append(msg)
+
+    config = next((o.get("data", {}) for o in objs if o["kind"] == "ConfigMap"
+                   and o["metadata"]["name"] == "app-config"), None)
+    expect(config is not None, "ConfigMap app-config is missing")
+    config = config or {}
+    scaled = {(o["metadata"].get("namespace", ""), o["spec"]["scaleTargetRef"]["name"])
+              for o in objs if o["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")}
+
+    for o in objs:
+        spec = pod_spec(o)
+        if spec is None:
+            continue
+        who = ident(o)
+        ns = o["metadata"].get("namespace", "")
+        psc = spec.get("securityContext", {})
+        expect(psc.get("runAsNonRoot") is True, f"{who}: pod securityContext.runAsNonRoot must be true")
+        expect(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+               f"{who}: pod seccompProfile must be RuntimeDefault")
+        for c in spec["containers"]:
+            cw = f"{who} container {c['name']}"
+            sc = c.get("securityContext", {})
+            expect(sc.get("allowPrivilegeEscalation") is False, f"{cw}: allowPrivilegeEscalation must be false")
+            expect(sc.get("readOnlyRootFilesystem") is True, f"{cw}: readOnlyRootFilesystem must be true")
+            expect("ALL" in sc.get("capabilities", {}).get("drop", []), f"{cw}: capabilities must drop ALL")
+            res = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                for r in ("cpu", "memory"):
+                    expect(r in res.get(kind, {}), f"{cw}: resources.{kind}.{r} missing")
+            expect("livenessProbe" in c and "readinessProbe" in c, f"{cw}: liveness and readiness probes required")
+            image = c["image"]
+            tag = image.rsplit("/", 1)[-1].partition(":")[2]
+            expect(image.startswith("redis-stream-demo/") or (tag and tag != "latest") or "@sha256:" in image,
+                   f"{cw}: third-party image {image} must be pinned to a version tag")
+
+        name = o["metadata"]["name"]
+        if name not in APP_SERVICES or ns != APP_NAMESPACE:
+            continue
+        c = spec["containers"][0]
+        env = c.get("env", [])
+        env_names = [e["name"] for e in env]
+        expect(psc.get("runAsUser") == 10001, f"{who}: runAsUser must be 10001 (the image's user)")
+        expect(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/health/live",
+               f"{who}: livenessProbe must GET /health/live")
+        expect(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/health/ready",
+               f"{who}: readinessProbe must GET /health/ready")
+        pre = c.get("lifecycle", {}).get("preStop", {})
+        pre_sleep = 0.0
+        if "exec" in pre:
+            cmd = pre["exec"]["command"]
+            expect(cmd[0] == "sleep" and len(cmd) == 2, f"{who}: preStop should be [sleep, N]")
+            pre_sleep = duration_seconds(cmd[-1])
+        elif "sleep" in pre:
+            pre_sleep = float(pre["sleep"]["seconds"])
+        expect(pre_sleep > 0, f"{who}: preStop sleep missing")
+        drain = duration_seconds(config.get("DRAIN_TIMEOUT", "25s"))
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        expect(grace > pre_sleep + drain,
+               f"{who}: terminationGracePeriodSeconds {grace} must exceed preStop {pre_sleep}s + DRAIN_TIMEOUT {drain}s")
+        expect("REDIS_URL" in env_names and "REDIS_PASSWORD" in env_names
+               and env_names.index("REDIS_PASSWORD") < env_names.index("REDIS_URL"),
+               f"{who}: REDIS_PASSWORD must be defined before REDIS_URL for $(REDIS_PASSWORD) to expand")
+        url = next((e.get("value", "") for e in env if e["name"] == "REDIS_URL"), "")
+        expect("$(REDIS_PASSWORD)" in url, f"{who}: REDIS_URL must embed $(REDIS_PASSWORD)")
+        ann = o["spec"]["template"]["metadata"].get("annotations", {})
+        port = next((p["containerPort"] for p in c.get("ports", []) if p.get("name") == "http"), None)
+        expect(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == str(port),
+               f"{who}: prometheus.io/scrape and prometheus.io/port ({port}) annotations required")
+        listen = next((e.get("value", "") for e in env if e["name"] == "LISTEN_ADDR"), "")
+        expect(listen.endswith(f":{port}"), f"{who}: LISTEN_ADDR {listen!r} does not match container port {port}")
+        if (ns, name) in scaled:
+            expect("replicas" not in o["spec"],
+                   f"{who}: has spec.replicas although an autoscaler owns the count")
+        if name == "ingress":
+            expect(any(e["name"] == "INSTANCE_ID" and e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+                       == "metadata.name" for e in env), f"{who}: INSTANCE_ID must come from metadata.name")
+    return checked
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("rendered")
+    ap.add_argument("--k8s-version", action="append", default=[])
+    ap.add_argument("--label", default="")
+    args = ap.parse_args()
+    versions = args.k8s_version or ["1.30.0"]
+    label = args.label or args.rendered
+
+    objs = load(args.rendered)
+    errors: list[str] = []
+    kinds = Counter()
+    builtin = keda = 0
+    keda_version = ""
+    for obj in objs:
+        kinds[obj.get("kind")] += 1
+        if str(obj.get("apiVersion", "")).startswith("keda.sh/"):
+            keda_version = check_keda_schema(obj, errors) or keda_version
+            keda += 1
+        else:
+            check_builtin_schema(obj, versions, errors)
+            builtin += 1
+    refs = check_references(objs, errors)
+    policies = check_policy(objs, errors)
+
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    print(f"  {label}: {len(objs)} objects ({summary})")
+    print(f"  schema: {builtin} built-in objects x Kubernetes {', '.join(versions)} (strict)"
+          + (f"; {keda} KEDA objects against cloudcoil-models-keda {keda_version} (KEDA CRD models)" if keda else ""))
+    print(f"  consistency: {refs} references checked; policy: {policies} checks")
+    for e in errors:
+        print(f"  ERROR {e}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
