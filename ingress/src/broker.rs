@@ -5,7 +5,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fred::prelude::*;
 use shared::protocol::{Operation, ReplyEntry, RequestEntry, unix_ms};
-use shared::redis::record_error;
+use shared::redis::{is_transient, record_error};
+use shared::resilience::{CircuitBreaker, GuardedError, guarded};
 use tokio_util::sync::CancellationToken;
 
 use crate::replies::PendingReplies;
@@ -17,6 +18,8 @@ pub enum CallError {
     DuplicateRequestId(String),
     #[error("Redis is unreachable: {0}")]
     RedisUnavailable(String),
+    #[error("the circuit breaker around Redis is open; retry in {0:?}")]
+    CircuitOpen(Duration),
     #[error("no reply within {0:?}")]
     Timeout(Duration),
     #[error("the instance stopped waiting while shutting down")]
@@ -30,6 +33,7 @@ pub struct StreamClient {
     request_stream: Arc<str>,
     reply_stream: Arc<str>,
     pending: Arc<PendingReplies>,
+    breaker: Arc<CircuitBreaker>,
     abandon: CancellationToken,
 }
 
@@ -49,6 +53,7 @@ impl StreamClient {
         request_stream: &str,
         reply_stream: &str,
         pending: Arc<PendingReplies>,
+        breaker: Arc<CircuitBreaker>,
         abandon: CancellationToken,
     ) -> Self {
         StreamClient {
@@ -56,6 +61,7 @@ impl StreamClient {
             request_stream: request_stream.into(),
             reply_stream: reply_stream.into(),
             pending,
+            breaker,
             abandon,
         }
     }
@@ -76,6 +82,7 @@ impl StreamClient {
             Ok(_) => "proxy_error",
             Err(CallError::Timeout(_)) => "timeout",
             Err(CallError::RedisUnavailable(_)) => "redis_unavailable",
+            Err(CallError::CircuitOpen(_)) => "circuit_open",
             Err(CallError::DuplicateRequestId(_)) => "duplicate_id",
             Err(CallError::ShuttingDown) => "shutting_down",
         };
@@ -89,7 +96,12 @@ impl StreamClient {
         call: Call<'_>,
         deadline: tokio::time::Instant,
     ) -> Result<ReplyEntry, CallError> {
+        // Fail at once rather than queue behind a reconnect: the client gets 503 + Retry-After.
+        self.breaker
+            .allow()
+            .map_err(|open| CallError::CircuitOpen(open.retry_after))?;
         if !self.commands.is_connected() {
+            self.breaker.record_failure();
             return Err(CallError::RedisUnavailable("not connected".into()));
         }
         // Waiter first, then the request: an instant reply must find somebody waiting.
@@ -105,16 +117,24 @@ impl StreamClient {
             payload: call.payload,
             traceparent: call.traceparent,
         };
-        let write = self.commands.xadd::<String, _, _, _, _>(
-            &*self.request_stream,
-            false,
-            None,
-            "*",
-            entry.to_fields(),
-        );
+        let fields = entry.to_fields();
+        // Transient failures are retried with backoff within the deadline. A retry after a lost
+        // answer can write the request twice; the second reply is then ignored (at-least-once).
+        let write = guarded(&self.breaker, deadline, is_transient, || {
+            self.commands.xadd::<String, _, _, _, _>(
+                &*self.request_stream,
+                false,
+                None,
+                "*",
+                fields.clone(),
+            )
+        });
         match tokio::time::timeout_at(deadline, write).await {
             Ok(Ok(_entry_id)) => {}
-            Ok(Err(err)) => {
+            Ok(Err(GuardedError::CircuitOpen(open))) => {
+                return Err(CallError::CircuitOpen(open.retry_after));
+            }
+            Ok(Err(GuardedError::Failed(err))) => {
                 record_error("xadd", &err);
                 return Err(CallError::RedisUnavailable(err.to_string()));
             }

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use shared::config::{LogFormat, RedisSettings, parse_duration, parse_positive_duration};
+use shared::config::{
+    BreakerArgs, LogFormat, RedisSettings, parse_duration, parse_positive_duration,
+};
 
 /// Configuration of the ingress (HTTP front door). See README for the table of settings.
 #[derive(Debug, Clone, Parser)]
@@ -16,6 +18,9 @@ use shared::config::{LogFormat, RedisSettings, parse_duration, parse_positive_du
 pub struct IngressConfig {
     #[command(flatten)]
     pub redis: RedisSettings,
+
+    #[command(flatten)]
+    pub breaker: BreakerArgs,
 
     /// Address the HTTP server listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:5009")]

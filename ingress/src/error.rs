@@ -73,6 +73,13 @@ impl ApiError {
                 format!("the request could not be queued because Redis is unreachable ({why}); retry shortly"),
             )
             .retry_after(2),
+            ApiError::Call(CallError::CircuitOpen(retry_after)) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "circuit-open",
+                "Redis circuit open",
+                "recent Redis calls failed, so requests are refused at once instead of hanging; retry after the indicated delay",
+            )
+            .retry_after(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             ApiError::Call(CallError::Timeout(timeout)) => Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",

@@ -3,7 +3,13 @@
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 
 /// Reasons in `ingress_rejections_total{reason}`.
-pub const REJECTION_REASONS: &[&str] = &["in_flight_limit", "backlog_limit", "draining"];
+pub const REJECTION_REASONS: &[&str] = &[
+    "in_flight_limit",
+    "backlog_limit",
+    "draining",
+    "redis_unavailable",
+    "circuit_open",
+];
 
 /// Describes the ingress metrics and publishes the counters at zero.
 pub fn register() {
@@ -21,6 +27,10 @@ pub fn register() {
     describe_counter!(
         "ingress_rejections_total",
         "Requests refused before reaching Redis, by reason"
+    );
+    describe_gauge!(
+        "circuit_breaker_state",
+        "Circuit breaker around Redis: 0 closed, 1 half-open, 2 open"
     );
     describe_counter!(
         "ingress_replies_unmatched_total",

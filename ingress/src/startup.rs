@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use fred::prelude::*;
 use shared::redis::{connect, ensure_group, wait_connected};
+use shared::resilience::CircuitBreaker;
 use shared::streams::spawn_sampler;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -33,6 +34,7 @@ pub struct Application {
     reply_stream: String,
     first_reply_id: String,
     reconnected: Arc<Notify>,
+    breaker: Arc<CircuitBreaker>,
 }
 
 impl Application {
@@ -48,9 +50,12 @@ impl Application {
         let instance_id = config.resolved_instance_id();
         let reply_stream = format!("{}:{}", config.reply_stream_prefix, instance_id);
 
+        let breaker = Arc::new(CircuitBreaker::new("ingress", config.breaker.settings()));
         let reconnected = Arc::new(Notify::new());
-        let notify = reconnected.clone();
+        let (notify, reconnect_breaker) = (reconnected.clone(), breaker.clone());
         let _reconnect_listener = commands.on_reconnect(move |_server| {
+            tracing::info!("reconnected to Redis");
+            reconnect_breaker.reset();
             notify.notify_one();
             async { Ok(()) }
         });
@@ -84,6 +89,7 @@ impl Application {
             reply_stream,
             first_reply_id,
             reconnected,
+            breaker,
         })
     }
 
@@ -104,6 +110,7 @@ impl Application {
             reply_stream,
             first_reply_id,
             reconnected,
+            breaker,
         } = self;
         let background = CancellationToken::new();
         let abandon = CancellationToken::new();
@@ -112,6 +119,7 @@ impl Application {
             commands.clone(),
             config.redis.request_stream.clone(),
             config.redis.consumer_group.clone(),
+            Vec::new(),
             SAMPLE_INTERVAL,
             background.clone(),
         );
@@ -126,10 +134,12 @@ impl Application {
                 &config.redis.request_stream,
                 &reply_stream,
                 pending.clone(),
+                breaker.clone(),
                 abandon.clone(),
             ),
             admission: admission.clone(),
             stream_stats,
+            breaker,
             redis: commands.clone(),
             request_timeout: config.request_timeout,
         };

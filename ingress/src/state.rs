@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::Client;
+use shared::resilience::CircuitBreaker;
 use shared::streams::StreamStats;
 
 use crate::admission::Admission;
@@ -18,6 +19,8 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     /// Latest request-stream sample (backlog, group presence).
     pub stream_stats: Arc<StreamStats>,
+    /// Circuit breaker around Redis (readiness reports it).
+    pub breaker: Arc<CircuitBreaker>,
     /// Non-blocking client, for health checks.
     pub redis: Client,
     /// Upper bound of any request's deadline (REQUEST_TIMEOUT).

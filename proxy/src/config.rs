@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use shared::config::{LogFormat, RedisSettings, parse_duration};
+use shared::config::{
+    BreakerArgs, LogFormat, RedisSettings, parse_duration, parse_positive_duration,
+};
 
 /// Configuration of the proxy (the worker). See README for the table of settings.
 #[derive(Debug, Clone, Parser)]
@@ -16,6 +18,9 @@ use shared::config::{LogFormat, RedisSettings, parse_duration};
 pub struct ProxyConfig {
     #[command(flatten)]
     pub redis: RedisSettings,
+
+    #[command(flatten)]
+    pub breaker: BreakerArgs,
 
     /// Address the HTTP server (health, metrics, status, Swagger UI) listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:5010")]
@@ -39,12 +44,41 @@ pub struct ProxyConfig {
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Entries pending this long (their proxy died or hangs) are claimed by a live proxy.
+    /// Keep it well below REQUEST_TIMEOUT: a request can take up to MAX_DELIVERIES times this
+    /// before it is dead-lettered (see docs/resilience.md).
+    #[arg(long, env = "RECLAIM_MIN_IDLE", default_value = "10s", value_parser = parse_positive_duration)]
+    pub reclaim_min_idle: Duration,
+
+    /// How often to look for idle pending entries to reclaim.
+    #[arg(long, env = "RECLAIM_INTERVAL", default_value = "2s", value_parser = parse_positive_duration)]
+    pub reclaim_interval: Duration,
+
+    /// Deliveries after which an entry that was never acknowledged is dead-lettered.
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_deliveries: u64,
+
+    /// Stream that receives poison requests (default: `<REQUEST_STREAM>:dlq`).
+    #[arg(long, env = "DEAD_LETTER_STREAM")]
+    pub dead_letter_stream: Option<String>,
+
+    /// Other consumers with nothing pending and idle this long are removed from the group.
+    #[arg(long, env = "CONSUMER_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_positive_duration)]
+    pub consumer_idle_timeout: Duration,
+
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
 
 impl ProxyConfig {
+    /// The dead-letter stream's key.
+    pub fn dead_letter_stream(&self) -> String {
+        self.dead_letter_stream
+            .clone()
+            .unwrap_or_else(|| format!("{}:dlq", self.redis.request_stream))
+    }
+
     /// The consumer name, generated once when not configured.
     pub fn resolved_consumer_name(&self) -> String {
         self.consumer_name.clone().unwrap_or_else(|| {

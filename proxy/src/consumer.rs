@@ -1,9 +1,10 @@
 //! The consumer loop: XREADGROUP never more entries than there are free terminals, hand each
-//! entry to a terminal, and on shutdown finish what was read before leaving the group.
+//! entry to a terminal, take over entries dead proxies left behind, and on shutdown finish
+//! what was read before leaving the group.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use fred::prelude::*;
@@ -14,11 +15,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::dead_letter::{DeadLetters, Failure};
+use crate::faults::{FailureInjection, Fault};
 use crate::processor::Processor;
+use crate::reclaim::Reclaimer;
 use crate::reply::{Delivery, Responder};
 
-/// How long one XREADGROUP blocks; bounds how long shutdown waits for the reader to notice.
-const READ_BLOCK_MS: u64 = 1_000;
+/// Longest one XREADGROUP blocks; bounds how long shutdown waits for the reader to notice.
+const MAX_READ_BLOCK: Duration = Duration::from_secs(1);
+/// How long acknowledging may be retried before the entry is left pending for redelivery.
+const ACK_RETRY_FOR: Duration = Duration::from_secs(5);
 
 /// Live counters of the terminal pool, shown by `/WeatherForecast/status`.
 #[derive(Debug, Default)]
@@ -33,12 +39,33 @@ pub struct TerminalStats {
     pub draining: AtomicBool,
 }
 
+/// Reclaim and dead-letter settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RecoverySettings {
+    /// Claim entries idle this long (RECLAIM_MIN_IDLE).
+    pub min_idle: Duration,
+    /// How often to look for them (RECLAIM_INTERVAL).
+    pub interval: Duration,
+    /// Deliveries after which an entry is dead-lettered (MAX_DELIVERIES).
+    pub max_deliveries: u64,
+}
+
 /// Everything a terminal needs; shared by all of them.
-struct Terminal {
-    processor: Processor,
-    responder: Responder,
-    consumer_name: String,
-    stats: Arc<TerminalStats>,
+pub struct Terminal {
+    pub processor: Processor,
+    pub responder: Responder,
+    pub dead_letters: DeadLetters,
+    pub faults: Arc<FailureInjection>,
+    pub consumer_name: String,
+    pub stats: Arc<TerminalStats>,
+    /// Ids of the entries in terminals now, whose idle time the keep-alive refreshes.
+    pub in_flight: Mutex<HashSet<String>>,
+}
+
+/// Work for a terminal: an entry and how often it has been delivered (this time included).
+struct Work {
+    entry: StreamEntry,
+    deliveries: u64,
 }
 
 /// Reads the request stream through the consumer group.
@@ -48,36 +75,35 @@ pub struct Consumer {
     stream: String,
     group: String,
     terminal: Arc<Terminal>,
+    reclaimer: Reclaimer,
+    recovery: RecoverySettings,
     free_terminals: Arc<Semaphore>,
 }
 
 impl Consumer {
-    /// A consumer named `consumer_name` with `terminals` workers. `blocking` is used only for
-    /// XREADGROUP BLOCK; everything else goes through `commands`.
+    /// A consumer with `terminals` workers. `blocking` is used only for XREADGROUP BLOCK;
+    /// everything else goes through `commands`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         blocking: Client,
         commands: Client,
         stream: &str,
         group: &str,
-        consumer_name: &str,
         terminals: u32,
-        processor: Processor,
-        stats: Arc<TerminalStats>,
+        terminal: Terminal,
+        reclaimer: Reclaimer,
+        recovery: RecoverySettings,
     ) -> Self {
         metrics::gauge!("proxy_terminals_total").set(terminals as f64);
         metrics::gauge!("proxy_terminals_busy").set(0.0);
         Consumer {
-            terminal: Arc::new(Terminal {
-                processor,
-                responder: Responder::new(commands.clone(), stream, group),
-                consumer_name: consumer_name.to_string(),
-                stats,
-            }),
             blocking,
             commands,
             stream: stream.to_string(),
             group: group.to_string(),
+            terminal: Arc::new(terminal),
+            reclaimer,
+            recovery,
             free_terminals: Arc::new(Semaphore::new(terminals as usize)),
         }
     }
@@ -87,28 +113,61 @@ impl Consumer {
     /// entry (deleting a consumer would drop its pending entries).
     pub async fn run(self, stop: CancellationToken, drain_timeout: Duration) {
         let terminals = TaskTracker::new();
+        let keep_alive_stop = CancellationToken::new();
+        let keep_alive = tokio::spawn(keep_alive(
+            self.reclaimer.clone(),
+            self.terminal.clone(),
+            self.recovery.min_idle,
+            keep_alive_stop.clone(),
+        ));
+        let read_block = MAX_READ_BLOCK
+            .min(self.recovery.interval)
+            .max(Duration::from_millis(10));
+        let cleanup_every = (self.recovery.interval * 10).max(Duration::from_secs(10));
+        let mut last_reclaim = Instant::now();
+        let mut last_cleanup = Instant::now();
         let mut backoff = Duration::from_millis(50);
         while !stop.is_cancelled() {
-            let permits = tokio::select! {
+            let mut permits = tokio::select! {
                 _ = stop.cancelled() => break,
                 permits = self.free_terminals() => permits,
             };
-            match self.read(permits.len()).await {
+            if last_reclaim.elapsed() >= self.recovery.interval {
+                last_reclaim = Instant::now();
+                let claimed = self.reclaim(permits.len(), &terminals).await;
+                if !claimed.is_empty() {
+                    for work in claimed {
+                        let Some(permit) = permits.pop() else { break };
+                        self.dispatch(&terminals, work, permit);
+                    }
+                    continue; // unused permits are released; read with them next round
+                }
+                if last_cleanup.elapsed() >= cleanup_every {
+                    last_cleanup = Instant::now();
+                    if let Err(err) = self.reclaimer.remove_idle_consumers().await {
+                        tracing::warn!(error = %err, "could not clean up idle consumers");
+                    }
+                }
+            }
+            match self.read(permits.len(), read_block).await {
                 Ok(entries) => {
                     backoff = Duration::from_millis(50);
                     for (entry, permit) in entries.into_iter().zip(permits) {
-                        let terminal = self.terminal.clone();
-                        terminals.spawn(async move {
-                            terminal.handle(entry).await;
-                            drop(permit);
-                        });
+                        self.dispatch(
+                            &terminals,
+                            Work {
+                                entry,
+                                deliveries: 1,
+                            },
+                            permit,
+                        );
                     }
                 }
                 Err(err) if is_nogroup(&err) => {
                     tracing::warn!(
                         stream = self.stream,
                         group = self.group,
-                        "consumer group missing (Redis restarted without persistence?); re-creating it"
+                        "consumer group missing (Redis lost its data?); re-creating it"
                     );
                     if let Err(err) = ensure_group(&self.commands, &self.stream, &self.group).await
                     {
@@ -142,7 +201,66 @@ impl Consumer {
                 "drain timeout passed; unfinished entries stay pending for another consumer"
             );
         }
+        keep_alive_stop.cancel();
+        let _ = keep_alive.await;
         self.leave_group().await;
+    }
+
+    fn dispatch(&self, terminals: &TaskTracker, work: Work, permit: OwnedSemaphorePermit) {
+        let terminal = self.terminal.clone();
+        terminals.spawn(async move {
+            terminal.handle(work).await;
+            drop(permit);
+        });
+    }
+
+    /// Claims idle entries of dead consumers: poison ones are dead-lettered right here, the
+    /// rest are returned for the terminals.
+    async fn reclaim(&self, free: usize, terminals: &TaskTracker) -> Vec<Work> {
+        let claimed = match self.reclaimer.claim_idle(free).await {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                if is_nogroup(&err) {
+                    let _ = ensure_group(&self.commands, &self.stream, &self.group).await;
+                } else {
+                    tracing::warn!(error = %err, "could not look for idle entries to reclaim");
+                }
+                return Vec::new();
+            }
+        };
+        let mut work = Vec::with_capacity(claimed.len());
+        for claim in claimed {
+            if claim.previous_deliveries >= self.recovery.max_deliveries {
+                let terminal = self.terminal.clone();
+                terminals.spawn(async move {
+                    let failure = Failure {
+                        reason: "max_deliveries",
+                        error: format!(
+                            "delivered {} times without being acknowledged; last held by `{}`",
+                            claim.previous_deliveries, claim.previous_consumer
+                        ),
+                        deliveries: claim.previous_deliveries,
+                        consumer: &claim.previous_consumer,
+                    };
+                    if let Err(err) = terminal.dead_letters.dead_letter(&terminal.responder, &claim.entry, failure).await {
+                        tracing::warn!(error = %err, entry_id = claim.entry.id, "could not dead-letter; it stays pending");
+                    }
+                });
+            } else {
+                metrics::counter!("proxy_reclaimed_total").increment(1);
+                tracing::info!(
+                    entry_id = claim.entry.id,
+                    from = claim.previous_consumer,
+                    deliveries = claim.previous_deliveries + 1,
+                    "reclaimed an idle entry"
+                );
+                work.push(Work {
+                    entry: claim.entry,
+                    deliveries: claim.previous_deliveries + 1,
+                });
+            }
+        }
+        work
     }
 
     /// Waits for one free terminal, then takes every other free one too.
@@ -158,15 +276,15 @@ impl Consumer {
         permits
     }
 
-    /// XREADGROUP … COUNT `count` BLOCK … STREAMS <stream> `>`.
-    async fn read(&self, count: usize) -> Result<Vec<StreamEntry>, Error> {
+    /// XREADGROUP … COUNT `count` BLOCK `block` STREAMS <stream> `>`.
+    async fn read(&self, count: usize, block: Duration) -> Result<Vec<StreamEntry>, Error> {
         let reply: Value = self
             .blocking
             .xreadgroup(
                 self.group.as_str(),
                 self.terminal.consumer_name.as_str(),
                 Some(count as u64),
-                Some(READ_BLOCK_MS),
+                Some(block.as_millis() as u64),
                 false,
                 self.stream.as_str(),
                 ">",
@@ -209,12 +327,41 @@ impl Consumer {
     }
 }
 
+/// Refreshes the idle time of the entries in terminals every third of RECLAIM_MIN_IDLE, so a
+/// slow but live terminal's entry is never reclaimed by another proxy.
+async fn keep_alive(
+    reclaimer: Reclaimer,
+    terminal: Arc<Terminal>,
+    min_idle: Duration,
+    stop: CancellationToken,
+) {
+    let every = (min_idle / 3).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let ids: Vec<String> = terminal.in_flight().iter().cloned().collect();
+        if let Err(err) = reclaimer.keep_alive(ids).await {
+            tracing::debug!(error = %err, "could not refresh idle times of entries in terminals");
+        }
+    }
+}
+
 impl Terminal {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // Single inserts and removes cannot leave the set inconsistent.
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Handles one entry: decode, drop if expired, process, reply, acknowledge.
-    async fn handle(&self, entry: StreamEntry) {
+    async fn handle(&self, work: Work) {
         self.stats.busy.fetch_add(1, Ordering::AcqRel);
         metrics::gauge!("proxy_terminals_busy").increment(1.0);
-        let outcome = self.handle_inner(&entry.id, entry.fields).await;
+        self.in_flight().insert(work.entry.id.clone());
+        let entry_id = work.entry.id.clone();
+        let outcome = self.handle_inner(work).await;
+        self.in_flight().remove(&entry_id);
         self.stats.busy.fetch_sub(1, Ordering::AcqRel);
         self.stats.handled.fetch_add(1, Ordering::AcqRel);
         metrics::gauge!("proxy_terminals_busy").decrement(1.0);
@@ -224,50 +371,64 @@ impl Terminal {
     }
 
     /// Returns (operation, outcome) labels, or `None` when the entry was left pending.
-    async fn handle_inner(
-        &self,
-        entry_id: &str,
-        fields: HashMap<String, String>,
-    ) -> Option<(String, &'static str)> {
-        let request = match RequestEntry::from_fields(fields.clone()) {
+    async fn handle_inner(&self, work: Work) -> Option<(String, &'static str)> {
+        let Work { entry, deliveries } = work;
+        let request = match RequestEntry::from_fields(entry.fields.clone()) {
             Ok(request) => request,
             Err(err) => {
-                tracing::warn!(entry_id, error = %err, "unreadable request entry");
-                if let (Some(request_id), Some(reply_to)) =
-                    (fields.get("id"), fields.get("reply_to"))
-                {
-                    let reply = self.error_reply(
-                        request_id,
-                        "invalid_request",
-                        format!("unreadable request entry: {err}"),
-                    );
-                    let _ = self.responder.send(reply_to, &reply).await;
-                }
-                self.ack(entry_id).await;
-                return Some(("unknown".into(), "invalid"));
+                let failure = Failure {
+                    reason: "unreadable",
+                    error: format!("unreadable request entry: {err}"),
+                    deliveries,
+                    consumer: &self.consumer_name,
+                };
+                return self.dead_letter(&entry, failure, "unknown".into()).await;
             }
         };
         let span = tracing::info_span!(
             "request",
             request_id = request.request_id,
-            entry_id,
-            operation = request.operation
+            entry_id = entry.id,
+            operation = request.operation,
+            deliveries
         );
 
         if request.time_left(SystemTime::now()).is_zero() {
             metrics::counter!("proxy_expired_total").increment(1);
             span.in_scope(|| tracing::info!("deadline passed before processing; dropped"));
-            self.ack(entry_id).await;
+            self.ack(&entry.id).await;
             return Some((request.operation, "expired"));
         }
+        let deadline = tokio::time::Instant::now() + request.time_left(SystemTime::now());
 
         let started = Instant::now();
-        let result = self
-            .processor
-            .process(&request.request_id, &request.operation, &request.payload)
-            .await;
+        let result = match self.faults.draw() {
+            Some(Fault::CrashBeforeAck) => {
+                span.in_scope(|| {
+                    tracing::warn!("injected fault: dropping the entry without reply or ack")
+                });
+                return None;
+            }
+            Some(Fault::ProcessingError) => Err((
+                "injected_failure",
+                "failure injection: processing error".to_string(),
+            )),
+            Some(Fault::ResponseTimeout) => {
+                tokio::time::sleep_until(deadline + Duration::from_millis(10)).await;
+                Err((
+                    "backend_timeout",
+                    "failure injection: the backend did not answer in time".to_string(),
+                ))
+            }
+            Some(Fault::SlowResponse(delay)) => {
+                tokio::time::sleep(delay).await;
+                self.process(&request).await
+            }
+            None => self.process(&request).await,
+        };
         metrics::histogram!("proxy_processing_seconds", "operation" => request.operation.clone())
             .record(started.elapsed().as_secs_f64());
+
         let (reply, outcome) = match result {
             Ok(payload) => (
                 ReplyEntry {
@@ -278,18 +439,39 @@ impl Terminal {
                 },
                 "ok",
             ),
-            Err(err) => {
-                span.in_scope(|| {
-                    tracing::warn!(code = err.code, message = err.message, "processing failed")
-                });
+            Err(("invalid_request" | "unknown_operation", message)) => {
+                let failure = Failure {
+                    reason: "invalid_payload",
+                    error: message,
+                    deliveries,
+                    consumer: &self.consumer_name,
+                };
+                return self.dead_letter(&entry, failure, request.operation).await;
+            }
+            Err((code, message)) => {
+                span.in_scope(|| tracing::warn!(code, message, "processing failed"));
                 (
-                    self.error_reply(&request.request_id, err.code, err.message),
+                    ReplyEntry {
+                        request_id: request.request_id.clone(),
+                        status: ReplyStatus::Error {
+                            code: code.to_string(),
+                            message,
+                        },
+                        payload: String::new(),
+                        proxy: self.consumer_name.clone(),
+                    },
                     "error",
                 )
             }
         };
 
-        match self.responder.send(&request.reply_to, &reply).await {
+        // Retry the reply for as long as the caller waits (at least a second).
+        let reply_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        match self
+            .responder
+            .send(&request.reply_to, &reply, reply_deadline)
+            .await
+        {
             Ok(Delivery::Written) => {}
             Ok(Delivery::NoReplyStream) => {
                 metrics::counter!("proxy_replies_dropped_total").increment(1);
@@ -301,12 +483,12 @@ impl Terminal {
                 });
             }
             Err(err) => {
-                // Not acknowledged: the entry stays pending and is delivered again.
+                // Not acknowledged: the entry stays pending and is reclaimed later.
                 span.in_scope(|| tracing::warn!(error = %err, "could not write the reply; entry left pending"));
                 return None;
             }
         }
-        self.ack(entry_id).await;
+        self.ack(&entry.id).await;
         span.in_scope(|| {
             tracing::debug!(
                 outcome,
@@ -317,21 +499,36 @@ impl Terminal {
         Some((request.operation, outcome))
     }
 
-    async fn ack(&self, entry_id: &str) {
-        if let Err(err) = self.responder.acknowledge(entry_id).await {
-            tracing::warn!(entry_id, error = %err, "could not acknowledge; the entry stays pending and may be processed again");
+    async fn process(&self, request: &RequestEntry) -> Result<String, (&'static str, String)> {
+        self.processor
+            .process(&request.request_id, &request.operation, &request.payload)
+            .await
+            .map_err(|err| (err.code, err.message))
+    }
+
+    async fn dead_letter(
+        &self,
+        entry: &StreamEntry,
+        failure: Failure<'_>,
+        operation: String,
+    ) -> Option<(String, &'static str)> {
+        match self
+            .dead_letters
+            .dead_letter(&self.responder, entry, failure)
+            .await
+        {
+            Ok(()) => Some((operation, "invalid")),
+            Err(err) => {
+                tracing::warn!(entry_id = entry.id, error = %err, "could not dead-letter; the entry stays pending");
+                None
+            }
         }
     }
 
-    fn error_reply(&self, request_id: &str, code: &str, message: String) -> ReplyEntry {
-        ReplyEntry {
-            request_id: request_id.to_string(),
-            status: ReplyStatus::Error {
-                code: code.to_string(),
-                message,
-            },
-            payload: String::new(),
-            proxy: self.consumer_name.clone(),
+    async fn ack(&self, entry_id: &str) {
+        let deadline = tokio::time::Instant::now() + ACK_RETRY_FOR;
+        if let Err(err) = self.responder.acknowledge(entry_id, deadline).await {
+            tracing::warn!(entry_id, error = %err, "could not acknowledge; the entry stays pending and may be processed again");
         }
     }
 }

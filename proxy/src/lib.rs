@@ -2,12 +2,16 @@
 //! pool of terminals, processes them, writes the reply and acknowledges.
 //!
 //! Request path, one file per hop: [`consumer`] (XREADGROUP, terminals) → [`processor`]
-//! (the work) → [`reply`] (XADD reply, then XACK + XDEL).
+//! (the work) → [`reply`] (XADD reply, then XACK + XDEL). Recovery: [`reclaim`] (entries of
+//! dead proxies), [`dead_letter`] (poison entries), [`faults`] (failure injection).
 
 pub mod config;
 pub mod consumer;
+pub mod dead_letter;
+pub mod faults;
 pub mod metrics;
 pub mod processor;
+pub mod reclaim;
 pub mod reply;
 pub mod routes;
 pub mod startup;

@@ -38,4 +38,33 @@ pub fn register() {
     }
     metrics::counter!("proxy_expired_total").absolute(0);
     metrics::counter!("proxy_replies_dropped_total").absolute(0);
+
+    describe_counter!(
+        "proxy_reclaimed_total",
+        "Idle pending entries of other (dead) consumers claimed and processed"
+    );
+    describe_counter!(
+        "proxy_dead_lettered_total",
+        "Entries moved to the dead-letter stream, by reason"
+    );
+    describe_counter!(
+        "proxy_consumers_removed_total",
+        "Idle consumers with nothing pending removed from the group"
+    );
+    describe_counter!(
+        "proxy_faults_injected_total",
+        "Faults injected through /api/config, by kind"
+    );
+    describe_gauge!(
+        "circuit_breaker_state",
+        "Circuit breaker around Redis: 0 closed, 1 half-open, 2 open"
+    );
+    metrics::counter!("proxy_reclaimed_total").absolute(0);
+    metrics::counter!("proxy_consumers_removed_total").absolute(0);
+    for reason in crate::dead_letter::REASONS {
+        metrics::counter!("proxy_dead_lettered_total", "reason" => *reason).absolute(0);
+    }
+    for kind in crate::faults::FAULT_KINDS {
+        metrics::counter!("proxy_faults_injected_total", "kind" => *kind).absolute(0);
+    }
 }

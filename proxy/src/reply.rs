@@ -3,10 +3,17 @@
 //! The order is the delivery guarantee. Reply first, XACK second: if the proxy dies between
 //! the two, the entry stays pending and is processed again (at-least-once; the ingress
 //! ignores the second reply). The other order could lose a request.
+//!
+//! Both calls go through the circuit breaker and are retried with backoff until the given
+//! deadline, so a Redis blip (reconnect, AOF loading) does not turn into a lost reply.
+
+use std::sync::Arc;
 
 use fred::prelude::*;
 use shared::protocol::ReplyEntry;
-use shared::redis::record_error;
+use shared::redis::{is_transient, record_error};
+use shared::resilience::{CircuitBreaker, GuardedError, guarded};
+use tokio::time::Instant;
 
 /// Writes replies and acknowledges entries of the request stream.
 #[derive(Clone)]
@@ -14,6 +21,7 @@ pub struct Responder {
     commands: Client,
     request_stream: String,
     group: String,
+    breaker: Arc<CircuitBreaker>,
 }
 
 /// What happened to a reply.
@@ -25,24 +33,48 @@ pub enum Delivery {
     NoReplyStream,
 }
 
+fn into_error(err: GuardedError<Error>) -> Error {
+    match err {
+        GuardedError::Failed(err) => err,
+        GuardedError::CircuitOpen(open) => Error::new(
+            fred::error::ErrorKind::Unknown,
+            format!("circuit open around Redis; retry in {:?}", open.retry_after),
+        ),
+    }
+}
+
 impl Responder {
     /// A responder for `group` on `request_stream`, using the non-blocking client.
-    pub fn new(commands: Client, request_stream: &str, group: &str) -> Self {
+    pub fn new(
+        commands: Client,
+        request_stream: &str,
+        group: &str,
+        breaker: Arc<CircuitBreaker>,
+    ) -> Self {
         Responder {
             commands,
             request_stream: request_stream.to_string(),
             group: group.to_string(),
+            breaker,
         }
     }
 
     /// Appends `reply` to `reply_to` with NOMKSTREAM, so a reply to a dead ingress never
-    /// re-creates its stream.
-    pub async fn send(&self, reply_to: &str, reply: &ReplyEntry) -> Result<Delivery, Error> {
-        let id: Option<String> = self
-            .commands
-            .xadd(reply_to, true, None, "*", reply.to_fields())
-            .await
-            .inspect_err(|err| record_error("xadd_reply", err))?;
+    /// re-creates its stream. Retries transient failures until `deadline`.
+    pub async fn send(
+        &self,
+        reply_to: &str,
+        reply: &ReplyEntry,
+        deadline: Instant,
+    ) -> Result<Delivery, Error> {
+        let fields = reply.to_fields();
+        let id: Option<String> = guarded(&self.breaker, deadline, is_transient, || {
+            self.commands
+                .xadd(reply_to, true, None, "*", fields.clone())
+        })
+        .await
+        .map_err(into_error)
+        .inspect_err(|err| record_error("xadd_reply", err))?;
         Ok(match id {
             Some(_) => Delivery::Written,
             None => Delivery::NoReplyStream,
@@ -50,19 +82,22 @@ impl Responder {
     }
 
     /// XACK and XDEL of a handled entry in one round trip: acknowledged entries are deleted
-    /// so the request stream holds only what is waiting or being processed.
-    pub async fn acknowledge(&self, entry_id: &str) -> Result<(), Error> {
-        let pipeline = self.commands.pipeline();
-        let _: () = pipeline
-            .xack(self.request_stream.as_str(), self.group.as_str(), entry_id)
-            .await?;
-        let _: () = pipeline
-            .xdel(self.request_stream.as_str(), entry_id)
-            .await?;
-        let _: (u64, u64) = pipeline
-            .all()
-            .await
-            .inspect_err(|err| record_error("xack", err))?;
-        Ok(())
+    /// so the request stream holds only what is waiting or being processed. Retries
+    /// transient failures until `deadline`.
+    pub async fn acknowledge(&self, entry_id: &str, deadline: Instant) -> Result<(), Error> {
+        guarded(&self.breaker, deadline, is_transient, || async {
+            let pipeline = self.commands.pipeline();
+            let _: () = pipeline
+                .xack(self.request_stream.as_str(), self.group.as_str(), entry_id)
+                .await?;
+            let _: () = pipeline
+                .xdel(self.request_stream.as_str(), entry_id)
+                .await?;
+            let _: (u64, u64) = pipeline.all().await?;
+            Ok(())
+        })
+        .await
+        .map_err(into_error)
+        .inspect_err(|err| record_error("xack", err))
     }
 }

@@ -1,21 +1,28 @@
 //! Building and running the proxy: `Application::build` binds and connects, `run` consumes
 //! until the shutdown token is cancelled, then drains and leaves the group.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use fred::prelude::*;
 use shared::redis::{connect, ensure_group, wait_connected};
+use shared::resilience::CircuitBreaker;
 use shared::streams::spawn_sampler;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProxyConfig;
-use crate::consumer::{Consumer, TerminalStats};
+use crate::consumer::{Consumer, RecoverySettings, Terminal, TerminalStats};
+use crate::dead_letter::DeadLetters;
+use crate::faults::FailureInjection;
 use crate::processor::Processor;
-use crate::routes::{Identity, ProxyState, router};
+use crate::reclaim::Reclaimer;
+use crate::reply::Responder;
+use crate::routes::status::Identity;
+use crate::routes::{ProxyState, router};
 
 /// How often the request stream's length, lag and pending count are sampled.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -27,6 +34,7 @@ pub struct Application {
     commands: Client,
     blocking: Client,
     consumer_name: String,
+    breaker: Arc<CircuitBreaker>,
 }
 
 impl Application {
@@ -38,6 +46,13 @@ impl Application {
             .with_context(|| format!("cannot listen on {} (LISTEN_ADDR)", config.listen_addr))?;
         let commands = connect(&config.redis.redis_url).context("invalid REDIS_URL")?;
         let blocking = connect(&config.redis.redis_url).context("invalid REDIS_URL")?;
+        let breaker = Arc::new(CircuitBreaker::new("proxy", config.breaker.settings()));
+        let reconnect_breaker = breaker.clone();
+        let _reconnect_listener = commands.on_reconnect(move |_server| {
+            tracing::info!("reconnected to Redis");
+            reconnect_breaker.reset();
+            async { Ok(()) }
+        });
         if wait_connected(&commands, Duration::from_secs(5)).await {
             ensure_group(
                 &commands,
@@ -56,6 +71,7 @@ impl Application {
             commands,
             blocking,
             consumer_name,
+            breaker,
         })
     }
 
@@ -73,12 +89,17 @@ impl Application {
             commands,
             blocking,
             consumer_name,
+            breaker,
         } = self;
+        let stream = config.redis.request_stream.clone();
+        let group = config.redis.consumer_group.clone();
+        let dead_letter_stream = config.dead_letter_stream();
         let background = CancellationToken::new();
         let stream_stats = spawn_sampler(
             commands.clone(),
-            config.redis.request_stream.clone(),
-            config.redis.consumer_group.clone(),
+            stream.clone(),
+            group.clone(),
+            vec![dead_letter_stream.clone()],
             SAMPLE_INTERVAL,
             background.clone(),
         );
@@ -86,24 +107,51 @@ impl Application {
             total: config.terminals as u64,
             ..Default::default()
         });
+        let faults = Arc::new(FailureInjection::default());
+        let dead_letters = DeadLetters::new(commands.clone(), &dead_letter_stream, &stream);
+        let terminal = Terminal {
+            processor: Processor::new(config.processing_delay_ms),
+            responder: Responder::new(commands.clone(), &stream, &group, breaker.clone()),
+            dead_letters: dead_letters.clone(),
+            faults: faults.clone(),
+            consumer_name: consumer_name.clone(),
+            stats: terminal_stats.clone(),
+            in_flight: Mutex::new(HashSet::new()),
+        };
+        let reclaimer = Reclaimer::new(
+            commands.clone(),
+            &stream,
+            &group,
+            &consumer_name,
+            config.reclaim_min_idle,
+            config.consumer_idle_timeout,
+        );
         let consumer = Consumer::new(
             blocking.clone(),
             commands.clone(),
-            &config.redis.request_stream,
-            &config.redis.consumer_group,
-            &consumer_name,
+            &stream,
+            &group,
             config.terminals,
-            Processor::new(config.processing_delay_ms),
-            terminal_stats.clone(),
+            terminal,
+            reclaimer,
+            RecoverySettings {
+                min_idle: config.reclaim_min_idle,
+                interval: config.reclaim_interval,
+                max_deliveries: config.max_deliveries,
+            },
         );
         let state = ProxyState {
             redis: commands.clone(),
             stream_stats,
             terminals: terminal_stats,
+            breaker,
+            faults,
+            dead_letters,
             identity: Arc::new(Identity {
                 consumer_name: consumer_name.clone(),
-                request_stream: config.redis.request_stream.clone(),
-                consumer_group: config.redis.consumer_group.clone(),
+                request_stream: stream.clone(),
+                consumer_group: group.clone(),
+                dead_letter_stream: dead_letter_stream.clone(),
                 processing_delay_ms: config.processing_delay_ms.to_string(),
             }),
         };
@@ -119,8 +167,11 @@ impl Application {
             consumer = consumer_name,
             terminals = config.terminals,
             processing_delay_ms = %config.processing_delay_ms,
-            request_stream = config.redis.request_stream,
-            group = config.redis.consumer_group,
+            request_stream = stream,
+            group,
+            dead_letter_stream,
+            reclaim_min_idle = ?config.reclaim_min_idle,
+            max_deliveries = config.max_deliveries,
             "proxy consuming; Swagger UI at /swagger"
         );
 

@@ -24,6 +24,29 @@ pub struct RedisSettings {
     pub consumer_group: String,
 }
 
+/// Thresholds of the circuit breaker around Redis.
+#[derive(Debug, Clone, Args)]
+pub struct BreakerArgs {
+    /// Consecutive failed Redis calls that open the circuit (calls then fail at once with 503).
+    #[arg(long, env = "BREAKER_FAILURE_THRESHOLD", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_failure_threshold: u32,
+
+    /// How long the circuit stays open before one probe call is let through. A reconnect
+    /// closes it at once.
+    #[arg(long, env = "BREAKER_OPEN_DURATION", default_value = "1s", value_parser = parse_positive_duration)]
+    pub breaker_open_duration: Duration,
+}
+
+impl BreakerArgs {
+    /// The settings for [`crate::resilience::CircuitBreaker`].
+    pub fn settings(&self) -> crate::resilience::BreakerSettings {
+        crate::resilience::BreakerSettings {
+            failure_threshold: self.breaker_failure_threshold,
+            open_duration: self.breaker_open_duration,
+        }
+    }
+}
+
 /// How the service writes its logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::redis::ping_ms;
+use crate::resilience::{BreakerState, CircuitBreaker};
 use crate::streams::StreamStats;
 
 /// How long a health check waits for Redis before calling it unreachable.
@@ -21,7 +22,8 @@ pub const HEALTH_PING_TIMEOUT: Duration = Duration::from_millis(500);
 #[serde(rename_all = "camelCase")]
 #[schema(example = json!({
     "status": "healthy", "redis": "connected", "redisRoundTripMs": 0.21,
-    "consumerGroupPresent": true, "draining": false, "requestsInFlight": 3, "streamLength": 0
+    "consumerGroupPresent": true, "circuit": "closed", "draining": false, "requestsInFlight": 3,
+    "streamLength": 0
 }))]
 pub struct HealthReport {
     /// `healthy`, `draining` or `unhealthy`.
@@ -33,6 +35,8 @@ pub struct HealthReport {
     pub redis_round_trip_ms: Option<f64>,
     /// Whether the request stream's consumer group exists.
     pub consumer_group_present: bool,
+    /// State of the circuit breaker around Redis: `closed`, `half-open` or `open`.
+    pub circuit: &'static str,
     /// Whether the service is shutting down.
     pub draining: bool,
     /// Requests this instance is working on (ingress: awaiting replies; proxy: in terminals).
@@ -42,15 +46,18 @@ pub struct HealthReport {
 }
 
 impl HealthReport {
-    /// Checks Redis now and combines it with the sampled stream state.
+    /// Checks Redis now and combines it with the sampled stream state and the breaker.
     pub async fn check(
         client: &Client,
         stats: &StreamStats,
+        breaker: &CircuitBreaker,
         draining: bool,
         in_flight: u64,
     ) -> Self {
         let ping = ping_ms(client, HEALTH_PING_TIMEOUT).await;
-        let ready = ping.is_ok() && stats.group_present() && !draining;
+        let circuit = breaker.state();
+        let ready =
+            ping.is_ok() && stats.group_present() && circuit != BreakerState::Open && !draining;
         HealthReport {
             status: if draining {
                 "draining"
@@ -65,6 +72,7 @@ impl HealthReport {
             },
             redis_round_trip_ms: ping.ok().map(|ms| (ms * 1000.0).round() / 1000.0),
             consumer_group_present: stats.group_present(),
+            circuit: circuit.as_str(),
             draining,
             requests_in_flight: in_flight,
             stream_length: stats.length(),

@@ -10,6 +10,7 @@ pub mod health;
 pub mod http;
 pub mod protocol;
 pub mod redis;
+pub mod resilience;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;

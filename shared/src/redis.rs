@@ -17,9 +17,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds a client for `url` and starts connecting in the background.
 ///
-/// The client reconnects forever with exponential backoff capped at 2 s, so after a Redis
-/// outage both services resume within about two seconds of Redis returning, without a
-/// restart. The first connection attempt is not awaited: a service starts (and reports
+/// The client reconnects forever with exponential backoff capped at 1 s, so after a Redis
+/// outage both services resume within about a second of Redis returning, without a restart. The first connection attempt is not awaited: a service starts (and reports
 /// not-ready) while Redis is still coming up, instead of crash-looping.
 pub fn connect(url: &str) -> Result<Client, Error> {
     let mut config = Config::from_url(url)?;
@@ -38,7 +37,7 @@ pub fn connect(url: &str) -> Result<Client, Error> {
         .with_performance_config(|perf| {
             perf.default_command_timeout = COMMAND_TIMEOUT;
         })
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
         .build()?;
     // The connection task runs until `quit`; errors surface on commands and in readiness.
     let _connection_task = client.connect();
@@ -79,6 +78,30 @@ pub async fn ensure_group(client: &Client, stream: &str, group: &str) -> Result<
 /// True when Redis answered that the stream or its consumer group does not exist.
 pub fn is_nogroup(err: &Error) -> bool {
     err.details().starts_with("NOGROUP")
+}
+
+/// True for failures that may pass if the call is repeated: connection loss, timeouts, and
+/// Redis answering that it is not ready yet (`LOADING` while replaying its AOF, `BUSY`,
+/// `TRYAGAIN`, `MASTERDOWN`, `READONLY` during a fail-over). Logical errors (`WRONGTYPE`,
+/// `NOGROUP`, syntax) are not retried.
+pub fn is_transient(err: &Error) -> bool {
+    use fred::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Backpressure => true,
+        _ => {
+            let details = err.details();
+            [
+                "LOADING",
+                "BUSY",
+                "TRYAGAIN",
+                "MASTERDOWN",
+                "READONLY",
+                "CLUSTERDOWN",
+            ]
+            .iter()
+            .any(|prefix| details.starts_with(prefix))
+        }
+    }
 }
 
 /// Counts a failed Redis call in `redis_errors_total{operation}`.

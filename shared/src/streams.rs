@@ -97,11 +97,14 @@ pub async fn group_info(
 
 /// Starts the sampler: every `interval` it reads XLEN and XINFO GROUPS, publishes the
 /// `stream_length`, `stream_group_lag`, `stream_group_pending` and `stream_group_consumers`
-/// gauges, and re-creates the group when it is missing. Stops when `shutdown` is cancelled.
+/// gauges, and re-creates the group when it is missing. `also_measure` are further streams
+/// whose length is published as `stream_length` (the dead-letter stream). Stops when
+/// `shutdown` is cancelled.
 pub fn spawn_sampler(
     client: Client,
     stream: String,
     group: String,
+    also_measure: Vec<String>,
     interval: Duration,
     shutdown: CancellationToken,
 ) -> Arc<StreamStats> {
@@ -110,6 +113,13 @@ pub fn spawn_sampler(
     tokio::spawn(async move {
         loop {
             sample_once(&client, &stream, &group, &published).await;
+            for other in &also_measure {
+                match client.xlen::<u64, _>(other.as_str()).await {
+                    Ok(length) => metrics::gauge!("stream_length", "stream" => other.clone())
+                        .set(length as f64),
+                    Err(err) => record_error("xlen", &err),
+                }
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(interval) => {}
@@ -196,4 +206,38 @@ pub fn read_entries(reply: Value) -> Result<Vec<StreamEntry>, Error> {
                 .collect(),
         })
         .collect())
+}
+
+/// Entries of an XRANGE or XCLAIM reply, in order. Entries Redis reports as deleted (nil) are
+/// left out.
+pub fn range_entries(reply: Value) -> Result<Vec<StreamEntry>, Error> {
+    let Value::Array(items) = reply else {
+        return Ok(Vec::new());
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(mut pair) = item else {
+            continue; // a deleted entry
+        };
+        if pair.len() != 2 {
+            continue;
+        }
+        let fields = pair.pop().unwrap_or(Value::Null);
+        let Some(id) = pair.pop().and_then(|id| id.as_string()) else {
+            continue;
+        };
+        let fields = match fields {
+            Value::Null => continue,
+            other => other.into_map()?,
+        };
+        entries.push(StreamEntry {
+            id,
+            fields: fields
+                .inner()
+                .into_iter()
+                .filter_map(|(key, value)| Some((key.as_str()?.to_string(), value.as_string()?)))
+                .collect(),
+        });
+    }
+    Ok(entries)
 }

@@ -78,6 +78,9 @@ pub const REDIS_OPERATIONS: &[&str] = &[
     "xgroup_delconsumer",
     "pexpire",
     "del",
+    "xclaim",
+    "xinfo_consumers",
+    "xadd_dlq",
 ];
 
 /// Describes the metrics both services export and publishes every known series at zero, so

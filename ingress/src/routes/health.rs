@@ -9,6 +9,7 @@ async fn report(state: &AppState) -> HealthReport {
     HealthReport::check(
         &state.redis,
         &state.stream_stats,
+        &state.breaker,
         state.admission.is_draining(),
         state.admission.in_flight(),
     )

@@ -10,7 +10,7 @@ use shared::http::{ApiJson, Problem, RequestId};
 use shared::protocol::{Operation, ReplyStatus};
 use shared::weather::{CityForecast, CityForecastRequest, DailyForecast};
 
-use crate::broker::Call;
+use crate::broker::{Call, CallError};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -112,7 +112,8 @@ async fn forward(
             timeout,
             traceparent: traceparent(headers),
         })
-        .await?;
+        .await
+        .inspect_err(count_refusal)?;
     match reply.status {
         ReplyStatus::Ok => Ok((
             StatusCode::OK,
@@ -133,6 +134,16 @@ async fn forward(
             Err(ApiError::Proxy { code, message })
         }
     }
+}
+
+/// Counts Redis-side refusals with the admission refusals in `ingress_rejections_total`.
+fn count_refusal(err: &CallError) {
+    let reason = match err {
+        CallError::RedisUnavailable(_) => "redis_unavailable",
+        CallError::CircuitOpen(_) => "circuit_open",
+        _ => return,
+    };
+    metrics::counter!("ingress_rejections_total", "reason" => reason).increment(1);
 }
 
 /// The deadline for this request: `Request-Timeout` when given (capped at `max`), else `max`.

@@ -1,0 +1,245 @@
+//! Failure injection (the seed's FailureSimulator), for demos and chaos tests.
+//!
+//! Off by default. Operators set rates in [0, 1] at run time through `/api/config`; each
+//! request draws once and at most one fault applies. Every injected fault is counted in
+//! `proxy_faults_injected_total{kind}` so a dashboard shows what was injected and what broke.
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Kinds of injected faults, as metric labels.
+pub const FAULT_KINDS: &[&str] = &[
+    "processing_error",
+    "crash_before_ack",
+    "slow_response",
+    "response_timeout",
+];
+
+/// The injection settings. All rates are probabilities in [0, 1].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({
+    "processingErrorRate": 0.2, "crashBeforeAckRate": 0.1, "slowResponseRate": 0.0,
+    "slowResponseDelayMs": 2000, "responseTimeoutRate": 0.0
+}))]
+pub struct FaultConfig {
+    /// Reply with an error (the caller gets 502) instead of processing.
+    pub processing_error_rate: f64,
+    /// Drop the entry without reply or acknowledgement, as if the proxy died: it stays pending
+    /// and is redelivered after RECLAIM_MIN_IDLE (dead-lettered after MAX_DELIVERIES).
+    pub crash_before_ack_rate: f64,
+    /// Add `slowResponseDelayMs` before processing.
+    pub slow_response_rate: f64,
+    /// Extra delay of a slow response, in milliseconds.
+    pub slow_response_delay_ms: u64,
+    /// Hold the request past its deadline, then reply `backend_timeout` (the caller has
+    /// already had its 504).
+    pub response_timeout_rate: f64,
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        FaultConfig {
+            processing_error_rate: 0.0,
+            crash_before_ack_rate: 0.0,
+            slow_response_rate: 0.0,
+            slow_response_delay_ms: 2_000,
+            response_timeout_rate: 0.0,
+        }
+    }
+}
+
+/// A partial update of [`FaultConfig`]: fields left out keep their value.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"processingErrorRate": 0.2, "crashBeforeAckRate": 0.1}))]
+pub struct FaultConfigUpdate {
+    pub processing_error_rate: Option<f64>,
+    pub crash_before_ack_rate: Option<f64>,
+    pub slow_response_rate: Option<f64>,
+    pub slow_response_delay_ms: Option<u64>,
+    pub response_timeout_rate: Option<f64>,
+}
+
+/// The fault drawn for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    ProcessingError,
+    CrashBeforeAck,
+    SlowResponse(Duration),
+    ResponseTimeout,
+}
+
+impl Fault {
+    /// Label for `proxy_faults_injected_total{kind}`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Fault::ProcessingError => "processing_error",
+            Fault::CrashBeforeAck => "crash_before_ack",
+            Fault::SlowResponse(_) => "slow_response",
+            Fault::ResponseTimeout => "response_timeout",
+        }
+    }
+}
+
+/// The live injection settings of this proxy.
+#[derive(Debug, Default)]
+pub struct FailureInjection {
+    config: RwLock<FaultConfig>,
+}
+
+impl FailureInjection {
+    /// The current settings.
+    pub fn get(&self) -> FaultConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies `update`; every rate must lie in [0, 1] (the message names the first that does not).
+    pub fn update(&self, update: FaultConfigUpdate) -> Result<FaultConfig, String> {
+        let mut next = self.get();
+        let rates = [
+            (
+                "processingErrorRate",
+                update.processing_error_rate,
+                &mut next.processing_error_rate,
+            ),
+            (
+                "crashBeforeAckRate",
+                update.crash_before_ack_rate,
+                &mut next.crash_before_ack_rate,
+            ),
+            (
+                "slowResponseRate",
+                update.slow_response_rate,
+                &mut next.slow_response_rate,
+            ),
+            (
+                "responseTimeoutRate",
+                update.response_timeout_rate,
+                &mut next.response_timeout_rate,
+            ),
+        ];
+        for (name, value, slot) in rates {
+            if let Some(value) = value {
+                if !(0.0..=1.0).contains(&value) {
+                    return Err(format!("`{name}` must be between 0 and 1, got {value}"));
+                }
+                *slot = value;
+            }
+        }
+        if let Some(ms) = update.slow_response_delay_ms {
+            if ms > 600_000 {
+                return Err(format!(
+                    "`slowResponseDelayMs` must be at most 600000, got {ms}"
+                ));
+            }
+            next.slow_response_delay_ms = ms;
+        }
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+        tracing::warn!(?next, "failure injection changed");
+        Ok(next)
+    }
+
+    /// Turns every fault off.
+    pub fn reset(&self) -> FaultConfig {
+        let config = FaultConfig::default();
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        tracing::info!("failure injection reset: off");
+        config
+    }
+
+    /// Draws the fault for one request (at most one), and counts it.
+    pub fn draw(&self) -> Option<Fault> {
+        let config = self.get();
+        let total = config.processing_error_rate
+            + config.crash_before_ack_rate
+            + config.slow_response_rate
+            + config.response_timeout_rate;
+        if total <= 0.0 {
+            return None;
+        }
+        let mut roll: f64 = rand::rng().random();
+        let candidates = [
+            (config.processing_error_rate, Fault::ProcessingError),
+            (config.crash_before_ack_rate, Fault::CrashBeforeAck),
+            (
+                config.slow_response_rate,
+                Fault::SlowResponse(Duration::from_millis(config.slow_response_delay_ms)),
+            ),
+            (config.response_timeout_rate, Fault::ResponseTimeout),
+        ];
+        for (rate, fault) in candidates {
+            if roll < rate {
+                metrics::counter!("proxy_faults_injected_total", "kind" => fault.kind())
+                    .increment(1);
+                return Some(fault);
+            }
+            roll -= rate;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn off_by_default_and_rates_are_checked() {
+        let injection = FailureInjection::default();
+        assert_eq!(injection.draw(), None);
+        let err = injection
+            .update(FaultConfigUpdate {
+                crash_before_ack_rate: Some(1.5),
+                ..Default::default()
+            })
+            .err();
+        assert!(err.is_some_and(|e| e.contains("crashBeforeAckRate")));
+        assert_eq!(
+            injection.get(),
+            FaultConfig::default(),
+            "a rejected update changes nothing"
+        );
+    }
+
+    #[test]
+    fn a_rate_of_one_always_injects_and_reset_turns_it_off() {
+        let injection = FailureInjection::default();
+        let updated = injection.update(FaultConfigUpdate {
+            processing_error_rate: Some(1.0),
+            ..Default::default()
+        });
+        assert!(updated.is_ok());
+        assert!((0..100).all(|_| injection.draw() == Some(Fault::ProcessingError)));
+        injection.reset();
+        assert_eq!(injection.draw(), None);
+    }
+
+    #[test]
+    fn rates_are_roughly_honoured() {
+        let injection = FailureInjection::default();
+        let _ = injection.update(FaultConfigUpdate {
+            processing_error_rate: Some(0.2),
+            crash_before_ack_rate: Some(0.1),
+            ..Default::default()
+        });
+        let draws: Vec<_> = (0..10_000).map(|_| injection.draw()).collect();
+        let errors = draws
+            .iter()
+            .filter(|d| **d == Some(Fault::ProcessingError))
+            .count();
+        let crashes = draws
+            .iter()
+            .filter(|d| **d == Some(Fault::CrashBeforeAck))
+            .count();
+        assert!((1_600..2_400).contains(&errors), "{errors}");
+        assert!((700..1_300).contains(&crashes), "{crashes}");
+    }
+}

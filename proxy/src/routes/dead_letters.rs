@@ -1,0 +1,191 @@
+//! `/api/dead-letters`: list, replay and delete requests that could not be processed.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use shared::http::{Problem, RequestId};
+use utoipa::{IntoParams, ToSchema};
+
+use super::ProxyState;
+use crate::dead_letter::DeadLetter;
+
+/// Most dead letters one call lists or replays.
+const MAX_BATCH: u64 = 1_000;
+
+/// Paging of the list and batch size of replay-all.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct Limit {
+    /// How many at most (1..=1000, default 100).
+    pub count: Option<u64>,
+}
+
+impl Limit {
+    fn get(&self, request_id: &RequestId) -> Result<u64, Problem> {
+        match self.count.unwrap_or(100) {
+            count @ 1..=MAX_BATCH => Ok(count),
+            other => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "validation",
+                "Invalid count",
+                format!("`count` must be between 1 and {MAX_BATCH}, got {other}"),
+            )
+            .with_request_id(request_id)),
+        }
+    }
+}
+
+/// Result of a replay.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Replayed {
+    /// How many dead letters went back to the request stream.
+    pub replayed: u64,
+}
+
+fn redis_problem(err: fred::error::Error, request_id: &RequestId) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "redis-unavailable",
+        "Redis unavailable",
+        format!("the dead-letter stream could not be read or changed ({err}); retry shortly"),
+    )
+    .retry_after(2)
+    .with_request_id(request_id)
+}
+
+/// Stream entry ids look like `1700000000000-0`.
+fn check_id(id: &str, request_id: &RequestId) -> Result<(), Problem> {
+    let valid = match id.split_once('-') {
+        Some((ms, seq)) => {
+            !ms.is_empty()
+                && !seq.is_empty()
+                && (ms.bytes().chain(seq.bytes())).all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    };
+    if valid && id.len() <= 41 {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::BAD_REQUEST,
+        "validation",
+        "Invalid dead-letter id",
+        format!("`{id}` is not a stream entry id like 1700000000000-0"),
+    )
+    .with_request_id(request_id))
+}
+
+fn not_found(id: &str, request_id: &RequestId) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "No such dead letter",
+        format!("there is no dead letter `{id}`; GET /api/dead-letters lists them"),
+    )
+    .with_request_id(request_id)
+}
+
+/// Dead letters, oldest first.
+#[utoipa::path(get, path = "/api/dead-letters", tag = "dead letters", params(Limit), responses(
+    (status = 200, description = "Dead letters", body = [DeadLetter]),
+    (status = 400, description = "Invalid count", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn list(
+    State(state): State<ProxyState>,
+    Extension(request_id): Extension<RequestId>,
+    Query(limit): Query<Limit>,
+) -> Result<Json<Vec<DeadLetter>>, Problem> {
+    let count = limit.get(&request_id)?;
+    state
+        .dead_letters
+        .list(count)
+        .await
+        .map(Json)
+        .map_err(|err| redis_problem(err, &request_id))
+}
+
+/// Puts one dead letter back on the request stream, with a fresh 30 s deadline.
+#[utoipa::path(post, path = "/api/dead-letters/{id}/replay", tag = "dead letters",
+    params(("id" = String, Path, description = "Dead-letter id from the list")),
+    responses(
+        (status = 200, description = "Replayed", body = Replayed),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn replay_one(
+    State(state): State<ProxyState>,
+    Extension(request_id): Extension<RequestId>,
+    Path(id): Path<String>,
+) -> Result<Json<Replayed>, Problem> {
+    check_id(&id, &request_id)?;
+    match state.dead_letters.replay(&id).await {
+        Ok(Some(_)) => Ok(Json(Replayed { replayed: 1 })),
+        Ok(None) => Err(not_found(&id, &request_id)),
+        Err(err) => Err(redis_problem(err, &request_id)),
+    }
+}
+
+/// Puts up to `count` dead letters (oldest first) back on the request stream.
+#[utoipa::path(post, path = "/api/dead-letters/replay", tag = "dead letters", params(Limit), responses(
+    (status = 200, description = "Replayed", body = Replayed),
+    (status = 400, description = "Invalid count", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn replay_all(
+    State(state): State<ProxyState>,
+    Extension(request_id): Extension<RequestId>,
+    Query(limit): Query<Limit>,
+) -> Result<Json<Replayed>, Problem> {
+    let count = limit.get(&request_id)?;
+    state
+        .dead_letters
+        .replay_all(count)
+        .await
+        .map(|replayed| Json(Replayed { replayed }))
+        .map_err(|err| redis_problem(err, &request_id))
+}
+
+/// Deletes one dead letter.
+#[utoipa::path(delete, path = "/api/dead-letters/{id}", tag = "dead letters",
+    params(("id" = String, Path, description = "Dead-letter id from the list")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_one(
+    State(state): State<ProxyState>,
+    Extension(request_id): Extension<RequestId>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    check_id(&id, &request_id)?;
+    match state.dead_letters.delete(&id).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(false) => Err(not_found(&id, &request_id)),
+        Err(err) => Err(redis_problem(err, &request_id)),
+    }
+}
+
+/// Deletes every dead letter.
+#[utoipa::path(delete, path = "/api/dead-letters", tag = "dead letters", responses(
+    (status = 204, description = "All deleted"),
+    (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn purge(
+    State(state): State<ProxyState>,
+    Extension(request_id): Extension<RequestId>,
+) -> Result<Response, Problem> {
+    state
+        .dead_letters
+        .purge()
+        .await
+        .map(|_| StatusCode::NO_CONTENT.into_response())
+        .map_err(|err| redis_problem(err, &request_id))
+}

@@ -1,0 +1,51 @@
+//! `/api/config`: failure injection at run time.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use shared::http::{ApiJson, Problem, RequestId};
+
+use super::ProxyState;
+use crate::faults::{FaultConfig, FaultConfigUpdate};
+
+/// The current failure-injection settings.
+#[utoipa::path(get, path = "/api/config", tag = "failure injection", responses(
+    (status = 200, description = "Current settings", body = FaultConfig),
+))]
+pub async fn get_config(State(state): State<ProxyState>) -> Json<FaultConfig> {
+    Json(state.faults.get())
+}
+
+/// Changes some failure-injection rates (fields left out keep their value).
+#[utoipa::path(post, path = "/api/config", tag = "failure injection",
+    request_body(content = FaultConfigUpdate, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The settings now in force", body = FaultConfig),
+        (status = 400, description = "A rate outside [0, 1], an unknown field or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update_config(
+    State(state): State<ProxyState>,
+    Extension(request_id): Extension<RequestId>,
+    ApiJson(update): ApiJson<FaultConfigUpdate>,
+) -> Result<Json<FaultConfig>, Problem> {
+    state.faults.update(update).map(Json).map_err(|detail| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "validation",
+            "Invalid failure-injection settings",
+            detail,
+        )
+        .with_request_id(&request_id)
+    })
+}
+
+/// Turns every injected fault off.
+#[utoipa::path(post, path = "/api/config/reset", tag = "failure injection", responses(
+    (status = 200, description = "All rates back to 0", body = FaultConfig),
+))]
+pub async fn reset_config(State(state): State<ProxyState>) -> Json<FaultConfig> {
+    Json(state.faults.reset())
+}

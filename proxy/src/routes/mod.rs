@@ -1,0 +1,104 @@
+//! The proxy's HTTP surface: status and health, failure injection, dead-letter admin,
+//! metrics, and its OpenAPI document.
+
+pub mod dead_letters;
+pub mod faults;
+pub mod status;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::{Router, middleware};
+use fred::prelude::Client;
+use shared::resilience::CircuitBreaker;
+use shared::streams::StreamStats;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::consumer::TerminalStats;
+use crate::dead_letter::DeadLetters;
+use crate::faults::FailureInjection;
+
+/// Shared by the proxy's handlers.
+#[derive(Clone)]
+pub struct ProxyState {
+    /// Non-blocking client, for health checks.
+    pub redis: Client,
+    /// Latest request-stream sample.
+    pub stream_stats: Arc<StreamStats>,
+    /// The terminal pool's counters.
+    pub terminals: Arc<TerminalStats>,
+    /// Circuit breaker around Redis.
+    pub breaker: Arc<CircuitBreaker>,
+    /// Failure injection settings.
+    pub faults: Arc<FailureInjection>,
+    /// The dead-letter stream.
+    pub dead_letters: DeadLetters,
+    /// What `/WeatherForecast/status` reports about the configuration.
+    pub identity: Arc<status::Identity>,
+}
+
+/// The OpenAPI document served at /api-docs/openapi.json and rendered at /swagger.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "proxy",
+        description = "Worker of the Redis Streams broker: reads requests through the consumer group with a bounded pool of terminals, replies on the caller's reply stream, then acknowledges. Admin endpoints inject failures and manage the dead-letter stream."
+    ),
+    paths(
+        status::status,
+        shared::health::live,
+        status::ready,
+        status::healthz,
+        shared::http::metrics_handler,
+        faults::get_config,
+        faults::update_config,
+        faults::reset_config,
+        dead_letters::list,
+        dead_letters::replay_one,
+        dead_letters::replay_all,
+        dead_letters::delete_one,
+        dead_letters::purge,
+    ),
+    tags(
+        (name = "weather", description = "Processing status"),
+        (name = "health", description = "Liveness and readiness"),
+        (name = "operations", description = "Prometheus metrics"),
+        (name = "failure injection", description = "Inject faults at run time (demos, chaos tests); off by default"),
+        (name = "dead letters", description = "Requests that could not be processed: list, replay, delete"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Builds the proxy's router.
+pub fn router(state: ProxyState) -> Router {
+    Router::new()
+        .route("/WeatherForecast/status", get(status::status))
+        .route("/health/live", get(shared::health::live))
+        .route("/health/ready", get(status::ready))
+        .route("/healthz", get(status::healthz))
+        .route("/metrics", get(shared::http::metrics_handler))
+        .route(
+            "/api/config",
+            get(faults::get_config).post(faults::update_config),
+        )
+        .route("/api/config/reset", post(faults::reset_config))
+        .route(
+            "/api/dead-letters",
+            get(dead_letters::list).delete(dead_letters::purge),
+        )
+        .route("/api/dead-letters/replay", post(dead_letters::replay_all))
+        .route(
+            "/api/dead-letters/{id}",
+            axum::routing::delete(dead_letters::delete_one),
+        )
+        .route(
+            "/api/dead-letters/{id}/replay",
+            post(dead_letters::replay_one),
+        )
+        .merge(SwaggerUi::new("/swagger").url("/api-docs/openapi.json", ApiDoc::openapi()))
+        .fallback(shared::http::not_found)
+        .method_not_allowed_fallback(shared::http::method_not_allowed)
+        .layer(middleware::from_fn(shared::http::request_context))
+        .with_state(state)
+}
