@@ -123,7 +123,7 @@ impl Consumer {
         let read_block = MAX_READ_BLOCK
             .min(self.recovery.interval)
             .max(Duration::from_millis(10));
-        let cleanup_every = (self.recovery.interval * 10).max(Duration::from_secs(10));
+        let cleanup_every = (self.recovery.interval * 10).max(Duration::from_secs(1));
         let mut last_reclaim = Instant::now();
         let mut last_cleanup = Instant::now();
         let mut backoff = Duration::from_millis(50);

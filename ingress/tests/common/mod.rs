@@ -42,6 +42,8 @@ pub struct StackOptions {
     pub ingresses: usize,
     pub proxy_env: Vec<(&'static str, String)>,
     pub ingress_env: Vec<(&'static str, String)>,
+    /// Run Redis with AOF persistence (for restart tests).
+    pub redis_aof: bool,
 }
 
 impl Default for StackOptions {
@@ -51,13 +53,18 @@ impl Default for StackOptions {
             ingresses: 1,
             proxy_env: vec![("PROCESSING_DELAY_MS", "0".into())],
             ingress_env: vec![],
+            redis_aof: false,
         }
     }
 }
 
 impl Stack {
     pub async fn start(options: StackOptions) -> Self {
-        let redis = RedisServer::start().await;
+        let redis = if options.redis_aof {
+            RedisServer::start_with(&["--appendonly", "yes", "--save", ""]).await
+        } else {
+            RedisServer::start().await
+        };
         let mut stack = Stack {
             redis,
             proxies: Vec::new(),
