@@ -47,11 +47,11 @@ pub struct ProxyConfig {
     /// Entries pending this long (their proxy died or hangs) are claimed by a live proxy.
     /// Keep it well below REQUEST_TIMEOUT: a request can take up to MAX_DELIVERIES times this
     /// before it is dead-lettered (see docs/resilience.md).
-    #[arg(long, env = "RECLAIM_MIN_IDLE", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "RECLAIM_MIN_IDLE", default_value = "8s", value_parser = parse_positive_duration)]
     pub reclaim_min_idle: Duration,
 
     /// How often to look for idle pending entries to reclaim.
-    #[arg(long, env = "RECLAIM_INTERVAL", default_value = "2s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "RECLAIM_INTERVAL", default_value = "1s", value_parser = parse_positive_duration)]
     pub reclaim_interval: Duration,
 
     /// Deliveries after which an entry that was never acknowledged is dead-lettered.
