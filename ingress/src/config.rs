@@ -30,7 +30,7 @@ pub struct IngressConfig {
     #[arg(long, env = "REPLY_STREAM_PREFIX", default_value = "weather-responses")]
     pub reply_stream_prefix: String,
 
-    /// Unique name of this instance (default: hostname plus a random suffix). Two running
+    /// Unique name of this instance (default: hostname, pid and a random suffix). Two running
     /// instances must never share one: each owns its reply stream.
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,
@@ -68,15 +68,8 @@ pub struct IngressConfig {
 impl IngressConfig {
     /// The instance id, generated once when not configured.
     pub fn resolved_instance_id(&self) -> String {
-        self.instance_id.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME")
-                .ok()
-                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "ingress".into());
-            let suffix = uuid::Uuid::new_v4().simple().to_string();
-            format!("{host}-{}", &suffix[..8])
-        })
+        self.instance_id
+            .clone()
+            .unwrap_or_else(|| shared::config::unique_process_name("ingress"))
     }
 }

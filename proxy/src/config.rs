@@ -81,16 +81,9 @@ impl ProxyConfig {
 
     /// The consumer name, generated once when not configured.
     pub fn resolved_consumer_name(&self) -> String {
-        self.consumer_name.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME")
-                .ok()
-                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "proxy".into());
-            let suffix = uuid::Uuid::new_v4().simple().to_string();
-            format!("{host}-{}-{}", std::process::id(), &suffix[..6])
-        })
+        self.consumer_name
+            .clone()
+            .unwrap_or_else(|| shared::config::unique_process_name("proxy"))
     }
 }
 

@@ -56,6 +56,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// A default name for this process, unique among running ones: `<hostname>-<pid>-<random>`.
+/// In Kubernetes the hostname is the pod name, which makes the name easy to trace back.
+pub fn unique_process_name(fallback_host: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| fallback_host.to_string());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..6])
+}
+
 /// Parses a duration such as `30s`, `250ms` or `2m`; a bare number means seconds.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
