@@ -54,7 +54,7 @@ impl Application {
         let reconnected = Arc::new(Notify::new());
         let (notify, reconnect_breaker) = (reconnected.clone(), breaker.clone());
         let _reconnect_listener = commands.on_reconnect(move |_server| {
-            tracing::info!("reconnected to Redis");
+            tracing::info!("connected to Redis");
             reconnect_breaker.reset();
             notify.notify_one();
             async { Ok(()) }

@@ -276,10 +276,17 @@ impl Consumer {
         permits
     }
 
-    /// XREADGROUP … COUNT `count` BLOCK `block` STREAMS <stream> `>`.
+    /// XREADGROUP … COUNT `count` BLOCK `block` STREAMS <stream> `>`. The command times out
+    /// one second after the block time, so a Redis that vanished mid-read cannot hold the loop
+    /// (and a shutdown) for the default command timeout.
     async fn read(&self, count: usize, block: Duration) -> Result<Vec<StreamEntry>, Error> {
+        let options = fred::types::config::Options {
+            timeout: Some(block + Duration::from_secs(1)),
+            ..Default::default()
+        };
         let reply: Value = self
             .blocking
+            .with_options(&options)
             .xreadgroup(
                 self.group.as_str(),
                 self.terminal.consumer_name.as_str(),

@@ -49,7 +49,7 @@ impl Application {
         let breaker = Arc::new(CircuitBreaker::new("proxy", config.breaker.settings()));
         let reconnect_breaker = breaker.clone();
         let _reconnect_listener = commands.on_reconnect(move |_server| {
-            tracing::info!("reconnected to Redis");
+            tracing::info!("connected to Redis");
             reconnect_breaker.reset();
             async { Ok(()) }
         });

@@ -180,7 +180,8 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
             }
             let status = response.status();
             span.in_scope(|| {
-                if status.is_server_error() {
+                // A 503 from a health probe is an answer, not a failure of this service.
+                if status.is_server_error() && !route.starts_with("/health") {
                     tracing::warn!(
                         status = status.as_u16(),
                         elapsed_ms = started.elapsed().as_millis() as u64,
