@@ -472,11 +472,11 @@ impl Terminal {
             }
         };
 
-        // Retry the reply for as long as the caller waits (at least a second).
+        // Retry for as long as the caller waits (at least a second); reply and XACK are atomic.
         let reply_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
         match self
             .responder
-            .send(&request.reply_to, &reply, reply_deadline)
+            .reply_and_acknowledge(&request.reply_to, &reply, &entry.id, reply_deadline)
             .await
         {
             Ok(Delivery::Written) => {}
@@ -490,12 +490,11 @@ impl Terminal {
                 });
             }
             Err(err) => {
-                // Not acknowledged: the entry stays pending and is reclaimed later.
+                // Neither replied nor acknowledged: the entry stays pending and is reclaimed.
                 span.in_scope(|| tracing::warn!(error = %err, "could not write the reply; entry left pending"));
                 return None;
             }
         }
-        self.ack(&entry.id).await;
         span.in_scope(|| {
             tracing::debug!(
                 outcome,

@@ -4,16 +4,32 @@
 //! the two, the entry stays pending and is processed again (at-least-once; the ingress
 //! ignores the second reply). The other order could lose a request.
 //!
-//! Both calls go through the circuit breaker and are retried with backoff until the given
-//! deadline, so a Redis blip (reconnect, AOF loading) does not turn into a lost reply.
+//! On the normal path both happen in one Lua script, [`REPLY_AND_ACK`]: one round trip instead
+//! of two, and atomic, so there is no window in which a proxy dies after replying but before
+//! acknowledging. Every call goes through the circuit breaker and is retried with backoff
+//! until the given deadline, so a Redis blip (reconnect, AOF loading) does not lose a reply.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use fred::prelude::*;
+use fred::types::scripts::Script;
 use shared::protocol::ReplyEntry;
 use shared::redis::{is_transient, record_error};
 use shared::resilience::{CircuitBreaker, GuardedError, guarded};
 use tokio::time::Instant;
+
+/// XADD the reply with NOMKSTREAM, then XACK and XDEL the request entry, atomically.
+/// KEYS: reply stream, request stream. ARGV: group, entry id, reply field/value pairs.
+/// Returns the reply's id, or nil when the reply stream is gone (the entry is still
+/// acknowledged: nobody waits for it). An error in XADD stops the script before the XACK.
+pub const REPLY_AND_ACK: &str = r#"
+local reply_id = redis.call('XADD', KEYS[1], 'NOMKSTREAM', '*', unpack(ARGV, 3))
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
+return reply_id
+"#;
+
+static REPLY_AND_ACK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::from_lua(REPLY_AND_ACK));
 
 /// Writes replies and acknowledges entries of the request stream.
 #[derive(Clone)]
@@ -75,6 +91,34 @@ impl Responder {
         .await
         .map_err(into_error)
         .inspect_err(|err| record_error("xadd_reply", err))?;
+        Ok(match id {
+            Some(_) => Delivery::Written,
+            None => Delivery::NoReplyStream,
+        })
+    }
+
+    /// Writes `reply` to `reply_to` and acknowledges (XACK + XDEL) `entry_id`, in one atomic
+    /// script call. Retries transient failures until `deadline`; on failure nothing happened
+    /// and the entry stays pending.
+    pub async fn reply_and_acknowledge(
+        &self,
+        reply_to: &str,
+        reply: &ReplyEntry,
+        entry_id: &str,
+        deadline: Instant,
+    ) -> Result<Delivery, Error> {
+        let mut args: Vec<String> = vec![self.group.clone(), entry_id.to_string()];
+        for (field, value) in reply.to_fields() {
+            args.push(field.to_string());
+            args.push(value);
+        }
+        let keys = vec![reply_to.to_string(), self.request_stream.clone()];
+        let id: Option<String> = guarded(&self.breaker, deadline, is_transient, || {
+            REPLY_AND_ACK_SCRIPT.evalsha_with_reload(&self.commands, keys.clone(), args.clone())
+        })
+        .await
+        .map_err(into_error)
+        .inspect_err(|err| record_error("reply_and_ack", err))?;
         Ok(match id {
             Some(_) => Delivery::Written,
             None => Delivery::NoReplyStream,
