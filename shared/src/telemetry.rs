@@ -11,8 +11,12 @@ use crate::config::LogFormat;
 /// Calling it twice (tests running several apps in one process) is harmless.
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a terminal: escape codes in files and log collectors are noise, and
+    // formatting them costs CPU on every span.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _already_installed = match format {
         LogFormat::Json => builder
