@@ -1,0 +1,30 @@
+-- wrk script used by scripts/bench. BENCH_WRK_KIND picks the request:
+--   post      POST /WeatherForecast/city, valid body: the broker pair end to end (a)
+--   baseline  the same POST with `Request-Timeout: 0s`: the ingress parses and validates the
+--             body exactly as for (a), then refuses the header with 400 before admission and
+--             before any Redis command: the in-process baseline (b)
+--   live      GET /health/live (tiny JSON, no Redis): the HTTP stack alone
+-- At the end one line `WRK_JSON {...}` carries the figures (latencies in ms).
+
+local kind = os.getenv("BENCH_WRK_KIND") or "post"
+
+if kind == "post" or kind == "baseline" then
+  wrk.method = "POST"
+  wrk.body = '{"city":"New York","location":"Downtown"}'
+  wrk.headers["Content-Type"] = "application/json"
+  if kind == "baseline" then
+    wrk.headers["Request-Timeout"] = "0s"
+  end
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  local ms = function(us) return us / 1000.0 end
+  io.write(string.format(
+    'WRK_JSON {"kind":"%s","requests":%d,"durationSecs":%.6f,"non2xx":%d,"socketErrors":%d,' ..
+    '"p50":%.3f,"p90":%.3f,"p99":%.3f,"p999":%.3f,"max":%.3f,"mean":%.3f}\n',
+    kind, summary.requests, summary.duration / 1e6, e.status,
+    e.connect + e.read + e.write + e.timeout,
+    ms(latency:percentile(50)), ms(latency:percentile(90)), ms(latency:percentile(99)),
+    ms(latency:percentile(99.9)), ms(latency.max), ms(latency.mean)))
+end
