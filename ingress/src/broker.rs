@@ -66,11 +66,6 @@ impl StreamClient {
         }
     }
 
-    /// The stream replies to this instance arrive on.
-    pub fn reply_stream(&self) -> &str {
-        &self.reply_stream
-    }
-
     /// Sends one request and waits for its reply until `call.timeout` passes.
     pub async fn call(&self, call: Call<'_>) -> Result<ReplyEntry, CallError> {
         let started = Instant::now();

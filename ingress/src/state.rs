@@ -10,8 +10,7 @@ use shared::streams::StreamStats;
 use crate::admission::Admission;
 use crate::broker::StreamClient;
 
-/// Shared by every handler; cheap to clone.
-#[derive(Clone)]
+/// Shared by every handler (behind one `Arc`, see `routes::router`).
 pub struct AppState {
     /// Sends requests and awaits replies.
     pub broker: StreamClient,

@@ -139,6 +139,20 @@ async fn consumers(redis: &Client) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the ingress has finished `more` further requests (any outcome).
+async fn wait_for_more_round_trips(stack: &Stack, more: f64) {
+    let done = stack
+        .ingress()
+        .metric_sum("ingress_round_trip_seconds_count")
+        .await;
+    wait_metric(
+        stack.ingress(),
+        "ingress_round_trip_seconds_count",
+        done + more,
+    )
+    .await;
+}
+
 async fn wait_drained(redis: &Client, within: Duration) {
     wait_until(
         "request stream drained (nothing waiting, nothing pending)",
@@ -285,16 +299,7 @@ async fn redis_sigkill_and_restart_with_aof_during_load_loses_nothing() {
     )
     .await;
     let recovery = restarted.elapsed();
-    let before = stack
-        .ingress()
-        .metric_sum("ingress_round_trip_seconds_count")
-        .await;
-    wait_metric(
-        stack.ingress(),
-        "ingress_round_trip_seconds_count",
-        before + 200.0,
-    )
-    .await;
+    wait_for_more_round_trips(&stack, 200.0).await;
     stop.store(true, Ordering::Relaxed);
     let outcomes = collect(load).await;
 
@@ -680,16 +685,7 @@ async fn a_rolling_restart_of_the_proxies_under_load_fails_no_request() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = run_load(&stack, 10, "10s", stop.clone());
     for round in 0..2 {
-        let done = stack
-            .ingress()
-            .metric_sum("ingress_round_trip_seconds_count")
-            .await;
-        wait_metric(
-            stack.ingress(),
-            "ingress_round_trip_seconds_count",
-            done + 100.0,
-        )
-        .await;
+        wait_for_more_round_trips(&stack, 100.0).await;
         let old = &mut stack.proxies[round];
         old.sigterm();
         assert_eq!(
@@ -700,16 +696,7 @@ async fn a_rolling_restart_of_the_proxies_under_load_fails_no_request() {
         );
         stack.add_proxy(&proxy_env).await;
     }
-    let done = stack
-        .ingress()
-        .metric_sum("ingress_round_trip_seconds_count")
-        .await;
-    wait_metric(
-        stack.ingress(),
-        "ingress_round_trip_seconds_count",
-        done + 100.0,
-    )
-    .await;
+    wait_for_more_round_trips(&stack, 100.0).await;
     stop.store(true, Ordering::Relaxed);
     let outcomes = collect(load).await;
     let counts = by_status(&outcomes);

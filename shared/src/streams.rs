@@ -20,9 +20,7 @@ pub struct StreamStats {
     length: AtomicU64,
     lag: AtomicU64,
     pending: AtomicU64,
-    consumers: AtomicU64,
     group_present: AtomicBool,
-    sampled_ok: AtomicBool,
 }
 
 impl StreamStats {
@@ -38,17 +36,9 @@ impl StreamStats {
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::Relaxed)
     }
-    /// Consumers registered in the group.
-    pub fn consumers(&self) -> u64 {
-        self.consumers.load(Ordering::Relaxed)
-    }
     /// Whether the consumer group existed at the last sample (part of readiness).
     pub fn group_present(&self) -> bool {
         self.group_present.load(Ordering::Relaxed)
-    }
-    /// Whether the last sample reached Redis.
-    pub fn sampled_ok(&self) -> bool {
-        self.sampled_ok.load(Ordering::Relaxed)
     }
 }
 
@@ -136,7 +126,6 @@ async fn sample_once(client: &Client, stream: &str, group: &str, stats: &StreamS
         Ok(length) => length,
         Err(err) => {
             record_error("xlen", &err);
-            stats.sampled_ok.store(false, Ordering::Relaxed);
             return;
         }
     };
@@ -147,14 +136,12 @@ async fn sample_once(client: &Client, stream: &str, group: &str, stats: &StreamS
         Ok(Some(info)) => {
             stats.group_present.store(true, Ordering::Relaxed);
             stats.pending.store(info.pending, Ordering::Relaxed);
-            stats.consumers.store(info.consumers, Ordering::Relaxed);
             // Without a lag figure from Redis, every entry not pending is waiting.
             let lag = info.lag.unwrap_or(length.saturating_sub(info.pending));
             stats.lag.store(lag, Ordering::Relaxed);
             metrics::gauge!("stream_group_lag", &group_labels).set(lag as f64);
             metrics::gauge!("stream_group_pending", &group_labels).set(info.pending as f64);
             metrics::gauge!("stream_group_consumers", &group_labels).set(info.consumers as f64);
-            stats.sampled_ok.store(true, Ordering::Relaxed);
         }
         Ok(None) => {
             stats.group_present.store(false, Ordering::Relaxed);
@@ -167,11 +154,9 @@ async fn sample_once(client: &Client, stream: &str, group: &str, stats: &StreamS
                 Ok(()) => stats.group_present.store(true, Ordering::Relaxed),
                 Err(err) => record_error("xgroup_create", &err),
             }
-            stats.sampled_ok.store(true, Ordering::Relaxed);
         }
         Err(err) => {
             record_error("xinfo_groups", &err);
-            stats.sampled_ok.store(false, Ordering::Relaxed);
         }
     }
 }

@@ -3,6 +3,8 @@
 use axum::extract::State;
 use shared::health::HealthReport;
 
+use std::sync::Arc;
+
 use crate::state::AppState;
 
 async fn report(state: &AppState) -> HealthReport {
@@ -21,7 +23,7 @@ async fn report(state: &AppState) -> HealthReport {
     (status = 200, description = "Ready", body = HealthReport),
     (status = 503, description = "Not ready: Redis unreachable, group missing or draining", body = HealthReport),
 ))]
-pub async fn ready(State(state): State<AppState>) -> HealthReport {
+pub async fn ready(State(state): State<Arc<AppState>>) -> HealthReport {
     report(&state).await
 }
 
@@ -30,6 +32,6 @@ pub async fn ready(State(state): State<AppState>) -> HealthReport {
     (status = 200, description = "Healthy", body = HealthReport),
     (status = 503, description = "Unhealthy or draining", body = HealthReport),
 ))]
-pub async fn healthz(State(state): State<AppState>) -> HealthReport {
+pub async fn healthz(State(state): State<Arc<AppState>>) -> HealthReport {
     report(&state).await
 }

@@ -3,6 +3,8 @@
 pub mod health;
 pub mod weather;
 
+use std::sync::Arc;
+
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{Router, middleware};
@@ -35,6 +37,7 @@ use crate::state::AppState;
 pub struct ApiDoc;
 
 /// Builds the router with its middleware; `max_body_bytes` bounds request bodies (413 above).
+/// The state sits behind one `Arc` so each request clones a pointer, not every handle in it.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/WeatherForecast/city", post(weather::city_forecast))
@@ -48,5 +51,5 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(shared::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(shared::http::request_context))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }

@@ -12,6 +12,8 @@ use shared::weather::{CityForecast, CityForecastRequest, DailyForecast};
 
 use crate::broker::{Call, CallError};
 use crate::error::ApiError;
+use std::sync::Arc;
+
 use crate::state::AppState;
 
 /// Header a client may send to ask for a shorter deadline than REQUEST_TIMEOUT, e.g. `5s`.
@@ -39,7 +41,7 @@ pub const REQUEST_TIMEOUT_HEADER: &str = "request-timeout";
     )
 )]
 pub async fn city_forecast(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(request_id): Extension<RequestId>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CityForecastRequest>,
@@ -78,7 +80,7 @@ pub async fn city_forecast(
     )
 )]
 pub async fn sample_forecast(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(request_id): Extension<RequestId>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
