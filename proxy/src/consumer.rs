@@ -19,7 +19,7 @@ use crate::dead_letter::{DeadLetters, Failure};
 use crate::faults::{FailureInjection, Fault};
 use crate::processor::Processor;
 use crate::reclaim::Reclaimer;
-use crate::reply::{Delivery, Responder};
+use crate::reply::{Delivery, ReplyQueue, Responder};
 
 /// Longest one XREADGROUP blocks; bounds how long shutdown waits for the reader to notice.
 const MAX_READ_BLOCK: Duration = Duration::from_secs(1);
@@ -53,7 +53,10 @@ pub struct RecoverySettings {
 /// Everything a terminal needs; shared by all of them.
 pub struct Terminal {
     pub processor: Processor,
+    /// Acknowledges entries dropped unprocessed; the dead-letter path writes through it.
     pub responder: Responder,
+    /// Where terminals hand their replies (batched reply + acknowledge).
+    pub replies: ReplyQueue,
     pub dead_letters: DeadLetters,
     pub faults: Arc<FailureInjection>,
     pub consumer_name: String,
@@ -475,7 +478,7 @@ impl Terminal {
         // Retry for as long as the caller waits (at least a second); reply and XACK are atomic.
         let reply_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_secs(1));
         match self
-            .responder
+            .replies
             .reply_and_acknowledge(&request.reply_to, &reply, &entry.id, reply_deadline)
             .await
         {

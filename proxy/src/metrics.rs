@@ -31,6 +31,10 @@ pub fn register() {
         "proxy_replies_dropped_total",
         "Replies not written because the caller's reply stream was gone"
     );
+    describe_histogram!(
+        "proxy_reply_batch_size",
+        "Replies written (and entries acknowledged) per Redis call: 1 at light load, more under load"
+    );
     for operation in [Operation::CityForecast, Operation::SampleForecast] {
         for outcome in OUTCOMES {
             metrics::counter!("proxy_processed_total", "operation" => operation.as_str(), "outcome" => *outcome).absolute(0);

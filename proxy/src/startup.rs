@@ -20,7 +20,7 @@ use crate::dead_letter::DeadLetters;
 use crate::faults::FailureInjection;
 use crate::processor::Processor;
 use crate::reclaim::Reclaimer;
-use crate::reply::Responder;
+use crate::reply::{ReplyQueue, Responder};
 use crate::routes::status::Identity;
 use crate::routes::{ProxyState, router};
 
@@ -109,9 +109,11 @@ impl Application {
         });
         let faults = Arc::new(FailureInjection::default());
         let dead_letters = DeadLetters::new(commands.clone(), &dead_letter_stream, &stream);
+        let responder = Responder::new(commands.clone(), &stream, &group, breaker.clone());
         let terminal = Terminal {
             processor: Processor::new(config.processing_delay_ms),
-            responder: Responder::new(commands.clone(), &stream, &group, breaker.clone()),
+            responder: responder.clone(),
+            replies: ReplyQueue::start(responder),
             dead_letters: dead_letters.clone(),
             faults: faults.clone(),
             consumer_name: consumer_name.clone(),

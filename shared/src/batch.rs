@@ -1,0 +1,190 @@
+//! Group commit: many tasks that each need one Redis write share one round trip.
+//!
+//! Every HTTP request of the ingress writes one XADD, and every terminal of the proxy one
+//! reply + XACK + XDEL. Sent one by one, each costs a system call on both ends, a command
+//! frame and a Redis dispatch. A [`Batcher`] puts one writer task in front of them: callers
+//! queue their item and await its outcome; the writer takes everything queued (up to a limit),
+//! writes it in one call, and hands each caller its own outcome.
+//!
+//! There is no timer and no minimum batch: a lone item is written at once, so latency at low
+//! load is unchanged (one channel hop). Under load, items that arrive while a write is in
+//! flight wait for it and share the next one, so the batch size follows the load by itself
+//! (about the number of callers that become ready during one round trip). A small number of
+//! writes may be in flight at once, so the pipe to Redis never runs dry while a batch forms.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// An item waiting for the writer, and where to send its outcome.
+type Queued<T, R> = (T, oneshot::Sender<R>);
+
+/// The callers' end of a group-commit writer. Cheap to clone; the writer stops when the last
+/// clone is dropped.
+pub struct Batcher<T, R> {
+    queue: mpsc::UnboundedSender<Queued<T, R>>,
+}
+
+impl<T, R> Clone for Batcher<T, R> {
+    fn clone(&self) -> Self {
+        Batcher {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+/// The writer stopped before it reported an outcome (the runtime is shutting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the batch writer stopped before writing this item")]
+pub struct WriterGone;
+
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
+    /// Spawns the writer on the current runtime. `write` gets up to `max_batch` items in
+    /// arrival order and must return one outcome per item, in the same order. Up to
+    /// `max_in_flight` writes run at once: with a single one, the services idled while it was
+    /// in flight (one round trip at a time cannot keep Redis and both cores busy); a few keep
+    /// the pipe full while batches still form under load.
+    ///
+    /// The queue is unbounded on purpose: every caller waits for its own outcome, so the queue
+    /// never holds more items than there are callers (terminals, admitted HTTP requests), which
+    /// the services already bound.
+    pub fn start<W, Fut>(max_batch: usize, max_in_flight: usize, mut write: W) -> Self
+    where
+        W: FnMut(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Vec<R>> + Send + 'static,
+    {
+        let max_batch = max_batch.max(1);
+        let in_flight = Arc::new(Semaphore::new(max_in_flight.max(1)));
+        let (queue, mut queued) = mpsc::unbounded_channel::<Queued<T, R>>();
+        tokio::spawn(async move {
+            loop {
+                // Wait for a free write slot first: items keep queuing meanwhile.
+                let Ok(slot) = in_flight.clone().acquire_owned().await else {
+                    return; // never closed
+                };
+                let mut batch = Vec::with_capacity(max_batch);
+                if queued.recv_many(&mut batch, max_batch).await == 0 {
+                    return; // every caller's end is gone
+                }
+                let (items, senders): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
+                let written = write(items);
+                tokio::spawn(async move {
+                    let outcomes = written.await;
+                    drop(slot);
+                    for (sender, outcome) in senders.into_iter().zip(outcomes) {
+                        let _ = sender.send(outcome); // the caller may have given up
+                    }
+                });
+            }
+        });
+        Batcher { queue }
+    }
+
+    /// Queues `item` and waits for its outcome.
+    pub async fn submit(&self, item: T) -> Result<R, WriterGone> {
+        let (sender, outcome) = oneshot::channel();
+        self.queue.send((item, sender)).map_err(|_| WriterGone)?;
+        outcome.await.map_err(|_| WriterGone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lone_item_is_written_at_once_and_gets_its_own_outcome() {
+        let batcher = Batcher::start(8, 1, |items: Vec<u32>| async move {
+            items.into_iter().map(|n| n * 10).collect::<Vec<_>>()
+        });
+        assert_eq!(batcher.submit(4).await, Ok(40));
+        assert_eq!(batcher.submit(5).await, Ok(50));
+    }
+
+    #[tokio::test]
+    async fn items_queued_during_a_write_share_the_next_one_up_to_the_limit() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let batcher = Batcher::start(3, 1, move |items: Vec<u32>| {
+            seen.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(items.len());
+            let mut gate = gate.clone();
+            async move {
+                // The first write blocks until every other item is queued.
+                let _ = gate.wait_for(|open| *open).await;
+                items
+            }
+        });
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.submit(0).await }
+        });
+        tokio::task::yield_now().await;
+        let rest: Vec<_> = (1..=5)
+            .map(|n| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.submit(n).await })
+            })
+            .collect();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let _ = release.send(true);
+        assert_eq!(first.await.ok(), Some(Ok(0)));
+        for (n, task) in (1..=5).zip(rest) {
+            assert_eq!(
+                task.await.ok(),
+                Some(Ok(n)),
+                "each caller gets its own outcome"
+            );
+        }
+        let sizes = sizes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(
+            sizes,
+            vec![1, 3, 2],
+            "one alone, then full batches of at most 3"
+        );
+    }
+
+    #[tokio::test]
+    async fn up_to_max_in_flight_writes_run_at_once() {
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let started = Arc::new(Mutex::new(0));
+        let count = started.clone();
+        let batcher = Batcher::start(8, 2, move |items: Vec<u32>| {
+            *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                items
+            }
+        });
+        let writes = || *started.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tasks = Vec::new();
+        for (n, writes_after) in [(0, 1), (1, 2), (2, 2)] {
+            let batcher = batcher.clone();
+            tasks.push(tokio::spawn(async move { batcher.submit(n).await }));
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+            // Two writes run although neither finished; the third item waits for a slot.
+            assert_eq!(writes(), writes_after, "after item {n}");
+        }
+        let _ = release.send(true);
+        for (n, task) in (0..3).zip(tasks) {
+            assert_eq!(task.await.ok(), Some(Ok(n)));
+        }
+        assert_eq!(writes(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_answers_too_few_outcomes_fails_the_rest_not_hangs() {
+        let batcher = Batcher::start(8, 1, |_items: Vec<u32>| async { Vec::<u32>::new() });
+        assert_eq!(batcher.submit(1).await, Err(WriterGone));
+    }
+}
