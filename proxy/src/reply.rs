@@ -201,14 +201,14 @@ impl Responder {
 fn delivery_of(result: Value) -> Result<Delivery, Error> {
     match result {
         Value::Null => Ok(Delivery::NoReplyStream),
-        Value::String(text) if text.starts_with("error: ") => {
-            let error = Error::new(
-                fred::error::ErrorKind::Unknown,
-                text["error: ".len()..].to_string(),
-            );
-            record_error("reply_and_ack", &error);
-            Err(error)
-        }
+        Value::String(text) => match text.strip_prefix("error: ") {
+            Some(message) => {
+                let error = Error::new(fred::error::ErrorKind::Unknown, message.to_string());
+                record_error("reply_and_ack", &error);
+                Err(error)
+            }
+            None => Ok(Delivery::Written),
+        },
         _ => Ok(Delivery::Written),
     }
 }

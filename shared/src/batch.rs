@@ -1,8 +1,7 @@
 //! Group commit: many tasks that each need one Redis write share one round trip.
 //!
-//! Every HTTP request of the ingress writes one XADD, and every terminal of the proxy one
-//! reply + XACK + XDEL. Sent one by one, each costs a system call on both ends, a command
-//! frame and a Redis dispatch. A [`Batcher`] puts one writer task in front of them: callers
+//! Every terminal of the proxy ends with one reply + XACK + XDEL. Sent one by one, each costs a
+//! script call, a command frame and a system call on both ends. A [`Batcher`] puts one writer task in front of them: callers
 //! queue their item and await its outcome; the writer takes everything queued (up to a limit),
 //! writes it in one call, and hands each caller its own outcome.
 //!
@@ -47,8 +46,8 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// the pipe full while batches still form under load.
     ///
     /// The queue is unbounded on purpose: every caller waits for its own outcome, so the queue
-    /// never holds more items than there are callers (terminals, admitted HTTP requests), which
-    /// the services already bound.
+    /// never holds more items than there are callers (e.g. the proxy's terminals), which the
+    /// caller already bounds.
     pub fn start<W, Fut>(max_batch: usize, max_in_flight: usize, mut write: W) -> Self
     where
         W: FnMut(Vec<T>) -> Fut + Send + 'static,
