@@ -22,6 +22,12 @@ pub struct RedisSettings {
     /// Consumer group the proxies read the request stream through.
     #[arg(long, env = "CONSUMER_GROUP", default_value = "processing-group", value_parser = parse_key)]
     pub consumer_group: String,
+
+    /// Longest wait for Redis's answer to one command. A healthy Redis answers in well under a
+    /// millisecond; past this a command counts as failed for the circuit breaker (and a
+    /// request write as unconfirmed).
+    #[arg(long, env = "REDIS_COMMAND_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub redis_command_timeout: Duration,
 }
 
 /// Thresholds of the circuit breaker around Redis.

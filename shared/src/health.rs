@@ -1,5 +1,6 @@
 //! Health reports. Liveness says only "the process answers"; readiness says "send me traffic":
-//! Redis answers, the consumer group exists and the service is not draining.
+//! Redis answers and accepts writes, the consumer group exists, the circuit breaker has not
+//! stayed open, and the service is not draining.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::redis::ping_ms;
-use crate::resilience::{BreakerState, CircuitBreaker};
+use crate::resilience::CircuitBreaker;
 use crate::streams::StreamStats;
 
 /// How long a health check waits for Redis before calling it unreachable.
@@ -35,7 +36,8 @@ pub struct HealthReport {
     pub redis_round_trip_ms: Option<f64>,
     /// Whether the request stream's consumer group exists.
     pub consumer_group_present: bool,
-    /// State of the circuit breaker around Redis: `closed`, `half-open` or `open`.
+    /// State of the circuit breaker around Redis: `closed`, `half-open` or `open`. Readiness
+    /// turns false when it has not been closed for longer than BREAKER_OPEN_DURATION.
     pub circuit: &'static str,
     /// Whether the service is shutting down.
     pub draining: bool,
@@ -46,18 +48,23 @@ pub struct HealthReport {
 }
 
 impl HealthReport {
-    /// Checks Redis now and combines it with the sampled stream state and the breaker.
+    /// Checks Redis now and combines it with the sampled stream state, the breaker and
+    /// whether Redis refuses writes for lack of memory.
     pub async fn check(
         client: &Client,
         stats: &StreamStats,
         breaker: &CircuitBreaker,
+        out_of_memory: bool,
         draining: bool,
         in_flight: u64,
     ) -> Self {
         let ping = ping_ms(client, HEALTH_PING_TIMEOUT).await;
         let circuit = breaker.state();
-        let ready =
-            ping.is_ok() && stats.group_present() && circuit != BreakerState::Open && !draining;
+        let ready = ping.is_ok()
+            && stats.group_present()
+            && breaker.is_ready()
+            && !out_of_memory
+            && !draining;
         HealthReport {
             status: if draining {
                 "draining"
@@ -67,6 +74,9 @@ impl HealthReport {
                 "unhealthy"
             },
             redis: match &ping {
+                Ok(_) if out_of_memory => {
+                    "out of memory: Redis refuses writes (maxmemory reached)".into()
+                }
                 Ok(_) => "connected".into(),
                 Err(err) => err.clone(),
             },

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest client-supplied request id accepted.
-pub const MAX_REQUEST_ID_LEN: usize = 128;
+pub use crate::protocol::MAX_REQUEST_ID_LEN;
 
 /// Media type of error bodies.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -120,21 +120,10 @@ impl RequestId {
     }
 }
 
-/// Checks a client-supplied request id: 1..=128 characters of `[A-Za-z0-9._:-]`, so it is
-/// safe as a Redis field, in logs and in a header.
+/// Checks a client-supplied request id against the protocol's rule
+/// ([`crate::protocol::validate_request_id`]); the message names the header.
 pub fn validate_request_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
-        return Err(format!(
-            "X-Request-Id must be 1 to {MAX_REQUEST_ID_LEN} characters"
-        ));
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-    {
-        return Err("X-Request-Id may contain only letters, digits and . _ : -".into());
-    }
-    Ok(())
+    crate::protocol::validate_request_id(id).map_err(|why| format!("X-Request-Id: {why}"))
 }
 
 fn request_id_from(headers: &HeaderMap) -> Result<RequestId, Problem> {
@@ -180,13 +169,19 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
             }
             let status = response.status();
             span.in_scope(|| {
-                // A 503 from a health probe is an answer, not a failure of this service.
+                // A 503 from a health probe is an answer, not a failure of this service. Under
+                // overload this line could fire for every request: at most 5 a second get
+                // through, the count of the others rides on the next (metrics count them all).
+                static FAILED: crate::telemetry::LogLimiter = crate::telemetry::LogLimiter::new(5);
                 if status.is_server_error() && !route.starts_with("/health") {
-                    tracing::warn!(
-                        status = status.as_u16(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "request failed"
-                    );
+                    if let Some(suppressed) = FAILED.check() {
+                        tracing::warn!(
+                            status = status.as_u16(),
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            suppressed,
+                            "request failed"
+                        );
+                    }
                 } else {
                     tracing::debug!(
                         status = status.as_u16(),

@@ -12,6 +12,7 @@ pub mod http;
 pub mod protocol;
 pub mod redis;
 pub mod resilience;
+pub mod scripts;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;

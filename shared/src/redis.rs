@@ -11,17 +11,15 @@ use std::time::Duration;
 use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
 
-/// Timeout for an ordinary (non-blocking) command. A healthy Redis answers in well under a
-/// millisecond; this bounds how long a caller can hang when Redis stalls.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Builds a client for `url` and starts connecting in the background.
+/// Builds a client for the configured Redis and starts connecting in the background.
 ///
 /// The client reconnects forever with exponential backoff capped at 1 s, so after a Redis
-/// outage both services resume within about a second of Redis returning, without a restart. The first connection attempt is not awaited: a service starts (and reports
-/// not-ready) while Redis is still coming up, instead of crash-looping.
-pub fn connect(url: &str) -> Result<Client, Error> {
-    let mut config = Config::from_url(url)?;
+/// outage both services resume within about a second of Redis returning, without a restart.
+/// The first connection attempt is not awaited: a service starts (and reports not-ready)
+/// while Redis is still coming up, instead of crash-looping. Every command times out after
+/// REDIS_COMMAND_TIMEOUT, which bounds how long a caller can hang when Redis stalls.
+pub fn connect(settings: &crate::config::RedisSettings) -> Result<Client, Error> {
+    let mut config = Config::from_url(&settings.redis_url)?;
     // Retry the very first connection too instead of failing the process.
     config.fail_fast = false;
     let client = Builder::from_config(config)
@@ -35,7 +33,7 @@ pub fn connect(url: &str) -> Result<Client, Error> {
             };
         })
         .with_performance_config(|perf| {
-            perf.default_command_timeout = COMMAND_TIMEOUT;
+            perf.default_command_timeout = settings.redis_command_timeout;
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
         .build()?;
@@ -80,26 +78,180 @@ pub fn is_nogroup(err: &Error) -> bool {
     err.details().starts_with("NOGROUP")
 }
 
+/// Error codes with which Redis refuses a command it did not run, and which may pass when the
+/// command is repeated: `LOADING` (replaying its AOF after a restart), `BUSY` (a script or
+/// module command runs), `TRYAGAIN` and `CLUSTERDOWN` (cluster resharding or failing over),
+/// `MASTERDOWN` (a replica lost its primary), `READONLY` (we reached a replica, e.g. during a
+/// fail-over), `NOREPLICAS` (`min-replicas-to-write` not met), `UNBLOCKED` (a blocking command
+/// was released by `CLIENT UNBLOCK`).
+pub const TRANSIENT_CODES: &[&str] = &[
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "READONLY",
+    "NOREPLICAS",
+    "UNBLOCKED",
+];
+
+/// The error code of a Redis error reply: its first word (`LOADING`, `OOM`, `WRONGTYPE`…).
+/// Replies to scripts keep the code of the command that failed inside them.
+pub fn error_code(err: &Error) -> &str {
+    err.details().split_whitespace().next().unwrap_or("")
+}
+
+/// True when Redis refused a write because it is over `maxmemory` (`OOM`).
+pub fn is_oom(err: &Error) -> bool {
+    error_code(err) == "OOM"
+}
+
 /// True for failures that may pass if the call is repeated: connection loss, timeouts, and
-/// Redis answering that it is not ready yet (`LOADING` while replaying its AOF, `BUSY`,
-/// `TRYAGAIN`, `MASTERDOWN`, `READONLY` during a fail-over). Logical errors (`WRONGTYPE`,
-/// `NOGROUP`, syntax) are not retried.
+/// Redis answering one of the [`TRANSIENT_CODES`]. Logical errors (`WRONGTYPE`, `NOGROUP`,
+/// syntax, `OOM`) are not: repeating them within milliseconds changes nothing.
 pub fn is_transient(err: &Error) -> bool {
     use fred::error::ErrorKind;
     match err.kind() {
         ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Backpressure => true,
-        _ => {
-            let details = err.details();
-            [
-                "LOADING",
-                "BUSY",
-                "TRYAGAIN",
-                "MASTERDOWN",
-                "READONLY",
-                "CLUSTERDOWN",
-            ]
-            .iter()
-            .any(|prefix| details.starts_with(prefix))
+        _ => TRANSIENT_CODES.contains(&error_code(err)),
+    }
+}
+
+/// What a failed write tells about its effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The command never ran: the client refused to send it (not connected, fail-fast), or
+    /// Redis answered an error (it checks before it executes). Safe to report "not done".
+    NotDone,
+    /// The command was sent but no answer came (timeout, connection lost while waiting): Redis
+    /// may or may not have run it.
+    Unknown,
+}
+
+/// Classifies a failed write. fred reports a command refused before sending (the client is not
+/// connected and the command is fail-fast) as `Canceled`, client-side backpressure as
+/// `Backpressure`, and an error reply from Redis with the reply's code (Redis checks before it
+/// executes, so the command did not run). Timeouts, I/O errors on a command already written and
+/// answers that cannot be parsed leave the outcome unknown.
+pub fn write_outcome(err: &Error) -> WriteOutcome {
+    use fred::error::ErrorKind;
+    match err.kind() {
+        // Sent (or possibly sent) and then no usable answer.
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Protocol | ErrorKind::Parse => {
+            WriteOutcome::Unknown
+        }
+        // Refused before sending, or an error reply from Redis: the command did not run.
+        _ => WriteOutcome::NotDone,
+    }
+}
+
+/// Options for a write whose repetition would duplicate it (the ingress's XADD of a request):
+/// never sent while disconnected (fails at once instead of waiting in fred's buffer for a
+/// reconnect), and never re-sent by fred after a reconnect (at most one attempt). The caller
+/// decides what to do with an unknown outcome.
+pub fn write_once_options(timeout: std::time::Duration) -> fred::types::config::Options {
+    fred::types::config::Options {
+        max_attempts: Some(1),
+        fail_fast: true,
+        timeout: Some(timeout),
+        ..Default::default()
+    }
+}
+
+/// Whether Redis refuses writes for lack of memory (`OOM`), as this process last saw it. Set by
+/// a write that failed with OOM, cleared by one that succeeded; readiness and the error a
+/// caller gets both say "out of memory" instead of a generic "unreachable".
+#[derive(Debug, Default)]
+pub struct MemoryState {
+    out_of_memory: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryState {
+    /// Records what a write's outcome says about Redis's memory.
+    pub fn observe<T>(&self, result: &Result<T, Error>) {
+        let oom = match result {
+            Ok(_) => false,
+            Err(err) if is_oom(err) => true,
+            Err(_) => return, // says nothing about memory
+        };
+        let was = self
+            .out_of_memory
+            .swap(oom, std::sync::atomic::Ordering::Relaxed);
+        if oom && !was {
+            tracing::warn!("Redis refuses writes: it is out of memory (maxmemory reached)");
+        } else if was && !oom {
+            tracing::info!("Redis accepts writes again");
+        }
+    }
+
+    /// Whether the last write Redis answered was refused for lack of memory.
+    pub fn is_out_of_memory(&self) -> bool {
+        self.out_of_memory
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Whether the connection of a client is up, learnt from fred's connection events the moment
+/// they happen. fred's own `is_connected` keeps saying "connected" while it waits to start its
+/// reconnection loop, and a command sent in that window waits for a reconnect (up to the
+/// command timeout); this watch says "down" from the very error that closed the connection,
+/// so a caller is refused at once instead.
+#[derive(Debug)]
+pub struct ConnectionWatch {
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl ConnectionWatch {
+    /// Starts watching `client`'s connection events (one listener task for errors and
+    /// reconnects, so they are seen in order).
+    pub fn start(client: &Client) -> std::sync::Arc<Self> {
+        let (up, _) = tokio::sync::watch::channel(false);
+        let watch = std::sync::Arc::new(ConnectionWatch { up });
+        let (on_error, on_reconnect) = (watch.clone(), watch.clone());
+        let _listener = client.on_any(
+            move |(error, _server)| {
+                use fred::error::ErrorKind;
+                if matches!(
+                    error.kind(),
+                    ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout
+                ) {
+                    on_error.up.send_replace(false);
+                }
+                async { Ok(()) }
+            },
+            move |_server| {
+                on_reconnect.up.send_replace(true);
+                async { Ok(()) }
+            },
+            |_changes| async { Ok(()) },
+        );
+        // Connected before the listener started: its reconnect event was missed.
+        if client.is_connected() {
+            watch.up.send_replace(true);
+        }
+        watch
+    }
+
+    /// Whether the connection is up now.
+    pub fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    /// Resolves once the connection has been down for `grace` without a break. For a caller
+    /// whose write's outcome is unknown: while the connection is up its reply may still come;
+    /// once it has been down for a while, waiting on is pointless.
+    pub async fn down_for(&self, grace: std::time::Duration) {
+        let mut state = self.up.subscribe();
+        loop {
+            if state.wait_for(|up| !*up).await.is_err() {
+                return std::future::pending().await; // never: the sender lives in self
+            }
+            if tokio::time::timeout(grace, state.wait_for(|up| *up))
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
     }
 }
@@ -120,5 +272,125 @@ pub async fn ping_ms(client: &Client, timeout: Duration) -> Result<f64, String> 
         Ok(Ok(_)) => Ok(started.elapsed().as_secs_f64() * 1000.0),
         Ok(Err(err)) => Err(format!("PING failed: {err}")),
         Err(_) => Err(format!("PING timed out after {} ms", timeout.as_millis())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::error::ErrorKind;
+
+    fn reply(message: &str) -> Error {
+        // What fred makes of an error reply (see fred's `pretty_error`).
+        Error::new(ErrorKind::Unknown, message.to_string())
+    }
+
+    #[test]
+    fn loading_is_transient() {
+        assert!(is_transient(&reply(
+            "LOADING Redis is loading the dataset in memory"
+        )));
+    }
+
+    #[test]
+    fn busy_is_transient_but_busygroup_is_not() {
+        assert!(is_transient(&reply(
+            "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE."
+        )));
+        assert!(!is_transient(&reply(
+            "BUSYGROUP Consumer Group name already exists"
+        )));
+    }
+
+    #[test]
+    fn tryagain_is_transient() {
+        assert!(is_transient(&reply(
+            "TRYAGAIN Multiple keys request during rehashing of slot"
+        )));
+    }
+
+    #[test]
+    fn clusterdown_is_transient() {
+        assert!(is_transient(&Error::new(
+            ErrorKind::Cluster,
+            "CLUSTERDOWN The cluster is down"
+        )));
+    }
+
+    #[test]
+    fn masterdown_is_transient() {
+        assert!(is_transient(&reply(
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'."
+        )));
+    }
+
+    #[test]
+    fn readonly_is_transient() {
+        assert!(is_transient(&reply(
+            "READONLY You can't write against a read only replica."
+        )));
+    }
+
+    #[test]
+    fn noreplicas_is_transient() {
+        assert!(is_transient(&reply(
+            "NOREPLICAS Not enough good replicas to write."
+        )));
+    }
+
+    #[test]
+    fn unblocked_is_transient() {
+        assert!(is_transient(&reply(
+            "UNBLOCKED client unblocked via CLIENT UNBLOCK"
+        )));
+    }
+
+    #[test]
+    fn connection_loss_and_timeouts_are_transient() {
+        assert!(is_transient(&Error::new(
+            ErrorKind::IO,
+            "Connection closed."
+        )));
+        assert!(is_transient(&Error::new(
+            ErrorKind::Timeout,
+            "Request timed out."
+        )));
+    }
+
+    #[test]
+    fn logical_errors_and_oom_are_not_transient() {
+        assert!(!is_transient(&Error::new(
+            ErrorKind::InvalidArgument,
+            "WRONGTYPE Operation against a key holding the wrong kind of value"
+        )));
+        assert!(!is_transient(&reply(
+            "NOGROUP No such key 'x' or consumer group 'g'"
+        )));
+        let oom = reply("OOM command not allowed when used memory > 'maxmemory'.");
+        assert!(!is_transient(&oom));
+        assert!(is_oom(&oom));
+    }
+
+    #[test]
+    fn a_refused_write_did_not_happen_but_a_timed_out_one_may_have() {
+        assert_eq!(
+            write_outcome(&Error::new(
+                ErrorKind::Canceled,
+                "Connection closed unexpectedly."
+            )),
+            WriteOutcome::NotDone
+        );
+        assert_eq!(
+            write_outcome(&reply("LOADING Redis is loading the dataset in memory")),
+            WriteOutcome::NotDone
+        );
+        assert_eq!(
+            write_outcome(&Error::new(ErrorKind::Timeout, "Request timed out.")),
+            WriteOutcome::Unknown
+        );
+        assert_eq!(
+            write_outcome(&Error::new(ErrorKind::IO, "Connection closed.")),
+            WriteOutcome::Unknown
+        );
     }
 }

@@ -71,7 +71,53 @@ pub struct CircuitOpen {
 pub struct CircuitBreaker {
     service: &'static str,
     settings: BreakerSettings,
-    inner: Mutex<Inner>,
+    inner: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    inner: Inner,
+    /// When the circuit last left the closed state; `None` while closed.
+    not_closed_since: Option<Instant>,
+}
+
+/// Leave to make one call through a [`CircuitBreaker`]. Report how it went with
+/// [`success`](Permit::success) or [`failure`](Permit::failure). A permit dropped without a
+/// report (its call was cancelled: the caller went away, a timeout fired around it) reports
+/// nothing — but if it was the half-open probe, the probe is given back, so the next call can
+/// probe. Without that, a lost probe would leave the breaker half-open and refusing forever.
+#[derive(Debug)]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    probe: bool,
+    reported: bool,
+}
+
+impl Permit<'_> {
+    /// The call succeeded, or Redis answered (a logical error also proves it is up).
+    pub fn success(mut self) {
+        self.reported = true;
+        self.breaker.record_success();
+    }
+
+    /// The call failed in a way that says Redis is unwell (connection, timeout, LOADING…).
+    pub fn failure(mut self) {
+        self.reported = true;
+        self.breaker.record_failure();
+    }
+
+    /// Whether this call is the half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.reported {
+            self.breaker.release_probe();
+        }
+    }
 }
 
 impl CircuitBreaker {
@@ -81,12 +127,15 @@ impl CircuitBreaker {
         CircuitBreaker {
             service,
             settings,
-            inner: Mutex::new(Inner::Closed { failures: 0 }),
+            inner: Mutex::new(State {
+                inner: Inner::Closed { failures: 0 },
+                not_closed_since: None,
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // Every critical section leaves `Inner` valid, so a poisoned lock is still usable.
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every critical section leaves the state valid, so a poisoned lock is still usable.
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -98,7 +147,7 @@ impl CircuitBreaker {
 
     /// The current state (an open circuit whose time is up reports half-open).
     pub fn state(&self) -> BreakerState {
-        match &*self.lock() {
+        match &self.lock().inner {
             Inner::Closed { .. } => BreakerState::Closed,
             Inner::Open { until } if Instant::now() >= *until => BreakerState::HalfOpen,
             Inner::Open { .. } => BreakerState::Open,
@@ -106,37 +155,68 @@ impl CircuitBreaker {
         }
     }
 
-    /// Asks to make a call: `Ok` when closed, or as the single probe when half-open.
-    pub fn allow(&self) -> Result<(), CircuitOpen> {
-        let mut inner = self.lock();
+    /// Whether the service should take traffic as far as the breaker is concerned: the circuit
+    /// is closed, or has not been closed for less than the open duration (a short blip does not
+    /// flap readiness; a circuit that stays open or half-open does turn readiness false).
+    pub fn is_ready(&self) -> bool {
+        match self.lock().not_closed_since {
+            None => true,
+            Some(since) => since.elapsed() < self.settings.open_duration,
+        }
+    }
+
+    /// Asks to make a call: a permit when closed, or the single probe when half-open.
+    pub fn allow(&self) -> Result<Permit<'_>, CircuitOpen> {
+        let mut state = self.lock();
         let now = Instant::now();
-        match &mut *inner {
-            Inner::Closed { .. } => Ok(()),
+        let probe = match &mut state.inner {
+            Inner::Closed { .. } => false,
             Inner::Open { until } if now >= *until => {
-                *inner = Inner::HalfOpen { probing: true };
-                drop(inner);
+                state.inner = Inner::HalfOpen { probing: true };
+                drop(state);
                 self.publish(BreakerState::HalfOpen);
-                Ok(())
+                return Ok(self.permit(true));
             }
-            Inner::Open { until } => Err(CircuitOpen {
-                retry_after: *until - now,
-            }),
+            Inner::Open { until } => {
+                return Err(CircuitOpen {
+                    retry_after: *until - now,
+                });
+            }
             Inner::HalfOpen { probing } if !*probing => {
                 *probing = true;
-                Ok(())
+                true
             }
-            Inner::HalfOpen { .. } => Err(CircuitOpen {
-                retry_after: self.settings.open_duration,
-            }),
+            Inner::HalfOpen { .. } => {
+                return Err(CircuitOpen {
+                    retry_after: self.settings.open_duration,
+                });
+            }
+        };
+        Ok(self.permit(probe))
+    }
+
+    fn permit(&self, probe: bool) -> Permit<'_> {
+        Permit {
+            breaker: self,
+            probe,
+            reported: false,
+        }
+    }
+
+    /// A probe ended without an outcome: let the next call probe.
+    fn release_probe(&self) {
+        if let Inner::HalfOpen { probing } = &mut self.lock().inner {
+            *probing = false;
         }
     }
 
     /// A call succeeded: close the circuit.
-    pub fn record_success(&self) {
-        let mut inner = self.lock();
-        let was_closed = matches!(*inner, Inner::Closed { .. });
-        *inner = Inner::Closed { failures: 0 };
-        drop(inner);
+    fn record_success(&self) {
+        let mut state = self.lock();
+        let was_closed = matches!(state.inner, Inner::Closed { .. });
+        state.inner = Inner::Closed { failures: 0 };
+        state.not_closed_since = None;
+        drop(state);
         if !was_closed {
             tracing::info!(
                 service = self.service,
@@ -147,9 +227,9 @@ impl CircuitBreaker {
     }
 
     /// A call failed: count it, and open the circuit at the threshold or after a failed probe.
-    pub fn record_failure(&self) {
-        let mut inner = self.lock();
-        let open = match &mut *inner {
+    fn record_failure(&self) {
+        let mut state = self.lock();
+        let open = match &mut state.inner {
             Inner::Closed { failures } => {
                 *failures += 1;
                 *failures >= self.settings.failure_threshold
@@ -158,10 +238,12 @@ impl CircuitBreaker {
             Inner::Open { .. } => false,
         };
         if open {
-            *inner = Inner::Open {
-                until: Instant::now() + self.settings.open_duration,
+            let now = Instant::now();
+            state.inner = Inner::Open {
+                until: now + self.settings.open_duration,
             };
-            drop(inner);
+            state.not_closed_since.get_or_insert(now);
+            drop(state);
             tracing::warn!(service = self.service, open_for = ?self.settings.open_duration, "circuit open: Redis calls fail fast");
             self.publish(BreakerState::Open);
         }
@@ -176,22 +258,34 @@ impl CircuitBreaker {
 /// Why a guarded call gave up.
 #[derive(Debug)]
 pub enum GuardedError<E> {
-    /// The breaker refused the call.
+    /// The breaker refused the call: it was not made.
     CircuitOpen(CircuitOpen),
-    /// The last attempt failed and the deadline leaves no time for another.
+    /// The last attempt failed and the policy or the deadline leaves no other.
     Failed(E),
+}
+
+/// What a failed attempt means, decided by the caller of [`guarded`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Redis is unwell and repeating the call is safe: retry with backoff.
+    Retry,
+    /// Redis is unwell, but the call must not be repeated (its outcome is unknown).
+    GiveUp,
+    /// Redis answered with an error: it is up; do not repeat.
+    Answered,
 }
 
 /// First pause between attempts; doubled each time, with full jitter, capped at 500 ms.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
-/// Runs `call` through `breaker`, retrying failures that `retryable` accepts with exponential
-/// backoff and jitter until `deadline`. Each attempt counts for the breaker.
+/// Runs `call` through `breaker`, retrying the failures `classify` calls [`Attempt::Retry`]
+/// with exponential backoff and jitter until `deadline`. Each attempt takes its own permit, so
+/// every attempt counts for the breaker and a cancelled attempt never keeps the probe.
 pub async fn guarded<T, E, F, Fut>(
     breaker: &CircuitBreaker,
     deadline: Instant,
-    retryable: impl Fn(&E) -> bool,
+    classify: impl Fn(&E) -> Attempt,
     mut call: F,
 ) -> Result<T, GuardedError<E>>
 where
@@ -200,29 +294,37 @@ where
 {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        breaker.allow().map_err(GuardedError::CircuitOpen)?;
+        let permit = breaker.allow().map_err(GuardedError::CircuitOpen)?;
         match call().await {
             Ok(value) => {
-                breaker.record_success();
+                permit.success();
                 return Ok(value);
             }
             Err(err) => {
-                let retry = retryable(&err);
-                if retry {
-                    breaker.record_failure();
-                } else {
-                    // A logical error (wrong type, NOGROUP…) says Redis is up.
-                    breaker.record_success();
+                let attempt = classify(&err);
+                match attempt {
+                    Attempt::Answered => permit.success(),
+                    Attempt::Retry | Attempt::GiveUp => permit.failure(),
                 }
                 let pause =
                     Duration::from_micros(rand::rng().random_range(0..=backoff.as_micros() as u64));
-                if !retry || Instant::now() + pause >= deadline {
+                if attempt != Attempt::Retry || Instant::now() + pause >= deadline {
                     return Err(GuardedError::Failed(err));
                 }
                 tokio::time::sleep(pause).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// The classification for calls that are safe to repeat: transient errors are retried, other
+/// errors are Redis answering.
+pub fn retry_transient(err: &fred::error::Error) -> Attempt {
+    if crate::redis::is_transient(err) {
+        Attempt::Retry
+    } else {
+        Attempt::Answered
     }
 }
 
@@ -252,12 +354,15 @@ mod tests {
         assert!(b.allow().is_err(), "open refuses");
 
         tokio::time::advance(Duration::from_millis(1_001)).await;
+        let probe = b.allow();
         assert!(
-            b.allow().is_ok(),
+            probe.as_ref().is_ok_and(Permit::is_probe),
             "first call after the open period is the probe"
         );
         assert!(b.allow().is_err(), "only one probe at a time");
-        b.record_success();
+        if let Ok(probe) = probe {
+            probe.success();
+        }
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.allow().is_ok());
     }
@@ -267,9 +372,92 @@ mod tests {
         let b = breaker(1, 500);
         b.record_failure();
         tokio::time::advance(Duration::from_millis(501)).await;
-        assert!(b.allow().is_ok());
-        b.record_failure();
+        let probe = b.allow();
+        assert!(probe.is_ok());
+        if let Ok(probe) = probe {
+            probe.failure();
+        }
         assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_dropped_without_an_outcome_lets_the_next_call_probe() {
+        let b = breaker(1, 500);
+        b.record_failure();
+        tokio::time::advance(Duration::from_millis(501)).await;
+        let probe = b.allow();
+        assert!(probe.is_ok());
+        drop(probe); // e.g. the request's future was dropped mid-call
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let next = b.allow();
+        assert!(
+            next.as_ref().is_ok_and(Permit::is_probe),
+            "the probe was given back"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn guarded_closes_a_half_open_circuit_when_its_probe_succeeds() {
+        // The bug this guards against: a caller took the probe, then guarded asked again and
+        // was refused; nothing ever reported an outcome and the circuit stayed half-open.
+        let b = breaker(1, 500);
+        b.record_failure();
+        tokio::time::advance(Duration::from_millis(501)).await;
+        let result: Result<u32, GuardedError<&str>> = guarded(
+            &b,
+            Instant::now() + Duration::from_secs(5),
+            |_| Attempt::Retry,
+            || async { Ok(1) },
+        )
+        .await;
+        assert!(matches!(result, Ok(1)));
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_guarded_call_does_not_keep_the_probe() {
+        let b = breaker(1, 500);
+        b.record_failure();
+        tokio::time::advance(Duration::from_millis(501)).await;
+        let hung = tokio::time::timeout(
+            Duration::from_millis(100),
+            guarded(
+                &b,
+                Instant::now() + Duration::from_secs(5),
+                |_: &&str| Attempt::Retry,
+                std::future::pending::<Result<u32, &str>>,
+            ),
+        )
+        .await;
+        assert!(hung.is_err(), "the call was cancelled by the timeout");
+        let result: Result<u32, GuardedError<&str>> = guarded(
+            &b,
+            Instant::now() + Duration::from_secs(5),
+            |_| Attempt::Retry,
+            || async { Ok(2) },
+        )
+        .await;
+        assert!(
+            matches!(result, Ok(2)),
+            "the next call probed and succeeded"
+        );
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_turns_false_once_the_circuit_stays_open_longer_than_the_open_duration() {
+        let b = breaker(1, 1_000);
+        assert!(b.is_ready());
+        b.record_failure();
+        assert!(b.is_ready(), "a blip does not flap readiness");
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        assert!(!b.is_ready(), "open for longer than the open duration");
+        let probe = b.allow();
+        assert!(!b.is_ready(), "half-open is not ready either");
+        if let Ok(probe) = probe {
+            probe.success();
+        }
+        assert!(b.is_ready());
     }
 
     #[tokio::test(start_paused = true)]
@@ -279,7 +467,7 @@ mod tests {
         let result: Result<u32, GuardedError<&str>> = guarded(
             &b,
             Instant::now() + Duration::from_secs(5),
-            |_| true,
+            |_| Attempt::Retry,
             || {
                 attempts += 1;
                 let outcome = if attempts < 3 { Err("down") } else { Ok(7) };
@@ -298,7 +486,7 @@ mod tests {
         let result: Result<(), GuardedError<&str>> = guarded(
             &b,
             started + Duration::from_millis(200),
-            |_| true,
+            |_| Attempt::Retry,
             || async { Err("down") },
         )
         .await;
@@ -309,7 +497,7 @@ mod tests {
         let result: Result<(), GuardedError<&str>> = guarded(
             &b,
             started + Duration::from_secs(5),
-            |_| false,
+            |_| Attempt::Answered,
             || {
                 attempts += 1;
                 async { Err("WRONGTYPE") }
@@ -327,7 +515,7 @@ mod tests {
         let result: Result<(), GuardedError<&str>> = guarded(
             &b,
             Instant::now() + Duration::from_secs(5),
-            |_| true,
+            |_| Attempt::Retry,
             || async { Ok(()) },
         )
         .await;

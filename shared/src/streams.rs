@@ -1,13 +1,14 @@
-//! Sampling the request stream's depth: length, consumer-group lag, pending entries.
+//! Sampling the request stream's depth: length, consumer-group lag, pending entries, how fast
+//! the group drains it, and whether any consumer is alive.
 //!
-//! Both services run one sampler. Its numbers become Prometheus gauges, the ingress uses the
-//! length for admission control (refuse early instead of queueing past the deadline), and it
-//! doubles as the watchdog that re-creates the consumer group when Redis lost it (restart
-//! without persistence), so no reader loops on NOGROUP.
+//! Both services run one sampler. Its numbers become Prometheus gauges, the ingress uses them
+//! for admission control (refuse at once what cannot be answered before its deadline, or when
+//! no proxy reads the stream), and it doubles as the watchdog that re-creates the consumer
+//! group when Redis lost it (restart without persistence), so no reader loops on NOGROUP.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use tokio_util::sync::CancellationToken;
@@ -15,12 +16,44 @@ use tokio_util::sync::CancellationToken;
 use crate::redis::{ensure_group, record_error};
 
 /// The latest sample, readable without a Redis round trip.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StreamStats {
     length: AtomicU64,
     lag: AtomicU64,
     pending: AtomicU64,
     group_present: AtomicBool,
+    /// Entries per second the group drained while it had a backlog (f64 bits; NaN = not
+    /// measured yet).
+    drain_rate: AtomicU64,
+    /// When the last successful sample was taken (nanoseconds since `epoch`).
+    sampled_at: AtomicU64,
+    /// Consumers that read or claimed within the liveness window at the last sample.
+    live_consumers: AtomicU64,
+    /// When a live consumer was last seen (nanoseconds since `epoch`).
+    live_seen_at: AtomicU64,
+    /// Entries this process has written to the stream ([`StreamStats::note_enqueued`]).
+    enqueued: AtomicU64,
+    /// `enqueued` just before the last sample's XLEN.
+    enqueued_at_sample: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for StreamStats {
+    fn default() -> Self {
+        StreamStats {
+            length: AtomicU64::new(0),
+            lag: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            group_present: AtomicBool::new(false),
+            drain_rate: AtomicU64::new(f64::NAN.to_bits()),
+            sampled_at: AtomicU64::new(0),
+            live_consumers: AtomicU64::new(0),
+            live_seen_at: AtomicU64::new(0),
+            enqueued: AtomicU64::new(0),
+            enqueued_at_sample: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl StreamStats {
@@ -40,6 +73,63 @@ impl StreamStats {
     pub fn group_present(&self) -> bool {
         self.group_present.load(Ordering::Relaxed)
     }
+    /// Entries per second the consumers took off the stream while it had a backlog — their
+    /// capacity, measured. `None` until a backlog has been seen.
+    pub fn drain_rate(&self) -> Option<f64> {
+        let rate = f64::from_bits(self.drain_rate.load(Ordering::Relaxed));
+        (!rate.is_nan()).then_some(rate)
+    }
+    /// How long ago the last sample was taken.
+    pub fn sample_age(&self) -> Duration {
+        self.since(self.sampled_at.load(Ordering::Relaxed))
+    }
+    /// Consumers alive at the last sample (only counted when the sampler watches consumers).
+    pub fn live_consumers(&self) -> u64 {
+        self.live_consumers.load(Ordering::Relaxed)
+    }
+    /// How long the group has had no live consumer (zero while one is alive). Counted from
+    /// the sampler's start when none was ever seen.
+    pub fn without_consumers_for(&self) -> Duration {
+        if self.live_consumers() > 0 {
+            return Duration::ZERO;
+        }
+        self.since(self.live_seen_at.load(Ordering::Relaxed))
+    }
+
+    /// Records one entry written by this process, so the backlog estimate includes it before
+    /// the next sample does.
+    pub fn note_enqueued(&self) {
+        self.enqueued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Entries waiting for a terminal now, estimated: the last sample's lag, plus what this
+    /// process wrote since, minus what the consumers took since at their measured rate. Other
+    /// writers' entries since the sample are not known until the next one (at most one
+    /// interval old).
+    pub fn lag_estimate(&self) -> f64 {
+        let written = self
+            .enqueued
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.enqueued_at_sample.load(Ordering::Relaxed));
+        let drained = self.drain_rate().unwrap_or(0.0) * self.sample_age().as_secs_f64();
+        (self.lag() as f64 + written as f64 - drained).max(0.0)
+    }
+
+    /// The stream's length now, estimated: [`lag_estimate`](Self::lag_estimate) plus the
+    /// entries being processed at the last sample.
+    pub fn length_estimate(&self) -> f64 {
+        self.lag_estimate() + self.pending() as f64
+    }
+
+    fn since(&self, nanos: u64) -> Duration {
+        self.epoch
+            .elapsed()
+            .saturating_sub(Duration::from_nanos(nanos))
+    }
+
+    fn now_nanos(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
 }
 
 /// One consumer group's row of XINFO GROUPS.
@@ -49,6 +139,8 @@ pub struct GroupInfo {
     pub pending: u64,
     /// `None` when Redis cannot compute it (Redis < 7, or after certain deletions).
     pub lag: Option<u64>,
+    /// Entries delivered to the group since it was created (`entries-read`, Redis ≥ 7).
+    pub entries_read: Option<u64>,
 }
 
 /// Reads XINFO GROUPS for `group`; `Ok(None)` when the stream or the group does not exist.
@@ -80,30 +172,80 @@ pub async fn group_info(
             consumers: field("consumers").and_then(Value::as_u64).unwrap_or(0),
             pending: field("pending").and_then(Value::as_u64).unwrap_or(0),
             lag: field("lag").and_then(Value::as_u64),
+            entries_read: field("entries-read").and_then(Value::as_u64),
         }));
     }
     Ok(None)
 }
 
-/// Starts the sampler: every `interval` it reads XLEN and XINFO GROUPS, publishes the
-/// `stream_length`, `stream_group_lag`, `stream_group_pending` and `stream_group_consumers`
-/// gauges, and re-creates the group when it is missing. `also_measure` are further streams
-/// whose length is published as `stream_length` (the dead-letter stream). Stops when
-/// `shutdown` is cancelled.
+/// Consumers of `group` whose last read or claim is more recent than `live_idle` (XINFO
+/// CONSUMERS `idle`). A proxy reads at least every second while it has a free terminal and
+/// refreshes its entries at least every second while all are busy, so a live proxy is never
+/// idle for long; a stopped or hung one is.
+pub async fn live_consumers(
+    client: &Client,
+    stream: &str,
+    group: &str,
+    live_idle: Duration,
+) -> Result<u64, Error> {
+    let reply: Value = client.xinfo_consumers(stream, group).await?;
+    let Value::Array(consumers) = reply else {
+        return Ok(0);
+    };
+    let mut live = 0;
+    for consumer in consumers {
+        let fields = consumer.into_map()?.inner();
+        let idle = fields
+            .iter()
+            .find(|(key, _)| key.as_str() == Some("idle"))
+            .and_then(|(_, value)| value.as_u64());
+        if idle.is_some_and(|ms| ms < live_idle.as_millis() as u64) {
+            live += 1;
+        }
+    }
+    Ok(live)
+}
+
+/// What the sampler watches and how often.
+#[derive(Debug, Clone)]
+pub struct SamplerSettings {
+    /// The request stream.
+    pub stream: String,
+    /// Its consumer group.
+    pub group: String,
+    /// Further streams whose length is published as `stream_length` (the dead-letter stream).
+    pub also_measure: Vec<String>,
+    /// Time between samples.
+    pub interval: Duration,
+    /// When set, count consumers idle less than this as alive (XINFO CONSUMERS each sample).
+    pub live_idle: Option<Duration>,
+}
+
+/// Weight of the newest measurement in the drain-rate average: about the last second of
+/// samples at the ingress's 200 ms interval counts.
+const DRAIN_RATE_WEIGHT: f64 = 0.4;
+
+/// Starts the sampler: every `interval` it reads XLEN, XINFO GROUPS and the served counter
+/// (and XINFO CONSUMERS when asked), publishes the `stream_length`, `stream_group_lag`, `stream_group_pending` and
+/// `stream_group_consumers` gauges, measures the drain rate, and re-creates the group when it is
+/// missing. Stops when `shutdown` is cancelled.
 pub fn spawn_sampler(
     client: Client,
-    stream: String,
-    group: String,
-    also_measure: Vec<String>,
-    interval: Duration,
+    settings: SamplerSettings,
     shutdown: CancellationToken,
 ) -> Arc<StreamStats> {
     let stats = Arc::new(StreamStats::default());
     let published = stats.clone();
     tokio::spawn(async move {
+        let mut previous: Option<Sample> = None;
         loop {
-            sample_once(&client, &stream, &group, &published).await;
-            for other in &also_measure {
+            if let Some(sample) = sample_once(&client, &settings, &published).await {
+                if let Some(previous) = &previous {
+                    update_drain_rate(&published, previous, &sample);
+                }
+                previous = Some(sample);
+            }
+            for other in &settings.also_measure {
                 match client.xlen::<u64, _>(other.as_str()).await {
                     Ok(length) => metrics::gauge!("stream_length", "stream" => other.clone())
                         .set(length as f64),
@@ -112,27 +254,87 @@ pub fn spawn_sampler(
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(settings.interval) => {}
             }
         }
     });
     stats
 }
 
-async fn sample_once(client: &Client, stream: &str, group: &str, stats: &StreamStats) {
+/// What one sample saw, for the drain rate.
+struct Sample {
+    at: Instant,
+    lag: u64,
+    /// The stream's served counter ([`crate::protocol::served_counter`]).
+    served: Option<u64>,
+}
+
+/// Folds the requests served between two samples into the drain rate — only when the group
+/// had a backlog at both, i.e. the consumers worked as fast as they could all along (except for
+/// the very first figure, see below). With no backlog the serving rate is the arrival rate,
+/// which says nothing about capacity. Entries dropped because their deadline had passed are not
+/// served: counting them (as the group's `entries-read` would) made a backlog of expired
+/// entries look like a burst of capacity and let admission take far too much.
+fn update_drain_rate(stats: &StreamStats, previous: &Sample, current: &Sample) {
+    let (Some(before), Some(after)) = (previous.served, current.served) else {
+        return;
+    };
+    let elapsed = current.at.duration_since(previous.at).as_secs_f64();
+    if current.lag == 0 || elapsed <= 0.0 || after < before {
+        return; // no backlog now, or the group was re-created (counter went back)
+    }
+    let measured = (after - before) as f64 / elapsed;
+    let rate = match stats.drain_rate() {
+        Some(rate) if previous.lag > 0 => rate + DRAIN_RATE_WEIGHT * (measured - rate),
+        Some(_) => return, // backlogged only for part of the interval: says too little
+        // The first backlog: a burst saturates the consumers at once, so the part-backlogged
+        // interval is a fair first figure, and a low one errs on the side of refusing (fast
+        // 503s) rather than admitting what would time out. Backlogged intervals refine it.
+        None if measured > 0.0 => measured,
+        None => return,
+    };
+    stats.drain_rate.store(rate.to_bits(), Ordering::Relaxed);
+}
+
+async fn sample_once(
+    client: &Client,
+    settings: &SamplerSettings,
+    stats: &StreamStats,
+) -> Option<Sample> {
+    let (stream, group) = (settings.stream.as_str(), settings.group.as_str());
     let labels = [("stream", stream.to_string())];
     let group_labels = [("stream", stream.to_string()), ("group", group.to_string())];
+    let at = Instant::now();
     let length = match client.xlen::<u64, _>(stream).await {
         Ok(length) => length,
         Err(err) => {
             record_error("xlen", &err);
-            return;
+            return None;
         }
     };
     stats.length.store(length, Ordering::Relaxed);
     metrics::gauge!("stream_length", &labels).set(length as f64);
 
-    match group_info(client, stream, group).await {
+    let info = group_info(client, stream, group).await;
+    let served: Option<u64> = match client
+        .get::<Option<u64>, _>(crate::protocol::served_counter(stream))
+        .await
+    {
+        Ok(served) => Some(served.unwrap_or(0)),
+        Err(err) => {
+            record_error("get", &err);
+            None
+        }
+    };
+    // Entries this process wrote after this point count as written since the sample. Taken
+    // after both reads: an entry written meanwhile may be missed by both (the estimate is low
+    // for one interval; Redis enforces the backlog limit exactly anyway) but is never counted
+    // twice, which would refuse requests for nothing.
+    stats
+        .enqueued_at_sample
+        .store(stats.enqueued.load(Ordering::Relaxed), Ordering::Relaxed);
+    stats.sampled_at.store(stats.now_nanos(), Ordering::Relaxed);
+    let sample = match info {
         Ok(Some(info)) => {
             stats.group_present.store(true, Ordering::Relaxed);
             stats.pending.store(info.pending, Ordering::Relaxed);
@@ -142,6 +344,7 @@ async fn sample_once(client: &Client, stream: &str, group: &str, stats: &StreamS
             metrics::gauge!("stream_group_lag", &group_labels).set(lag as f64);
             metrics::gauge!("stream_group_pending", &group_labels).set(info.pending as f64);
             metrics::gauge!("stream_group_consumers", &group_labels).set(info.consumers as f64);
+            Sample { at, lag, served }
         }
         Ok(None) => {
             stats.group_present.store(false, Ordering::Relaxed);
@@ -154,11 +357,35 @@ async fn sample_once(client: &Client, stream: &str, group: &str, stats: &StreamS
                 Ok(()) => stats.group_present.store(true, Ordering::Relaxed),
                 Err(err) => record_error("xgroup_create", &err),
             }
+            Sample {
+                at,
+                lag: 0,
+                served: None,
+            }
         }
         Err(err) => {
             record_error("xinfo_groups", &err);
+            return None;
+        }
+    };
+    if let Some(live_idle) = settings.live_idle {
+        match live_consumers(client, stream, group, live_idle).await {
+            Ok(live) => {
+                stats.live_consumers.store(live, Ordering::Relaxed);
+                if live > 0 {
+                    stats
+                        .live_seen_at
+                        .store(stats.now_nanos(), Ordering::Relaxed);
+                }
+            }
+            // No group: nobody consumes. Other errors leave the last figures in place.
+            Err(err) if crate::redis::is_nogroup(&err) => {
+                stats.live_consumers.store(0, Ordering::Relaxed)
+            }
+            Err(err) => record_error("xinfo_consumers", &err),
         }
     }
+    Some(sample)
 }
 
 /// One entry read from a stream, its fields as text.
@@ -225,4 +452,67 @@ pub fn range_entries(reply: Value) -> Result<Vec<StreamEntry>, Error> {
         });
     }
     Ok(entries)
+}
+
+/// A stream entry id, `<milliseconds>-<sequence>`, comparable: ids of one stream grow with
+/// every XADD, and their millisecond part is Redis's clock, so ids of different streams of one
+/// server can be compared at millisecond precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EntryId {
+    /// The first possible id of millisecond `ms`.
+    pub fn at_ms(ms: u64) -> Self {
+        EntryId { ms, seq: 0 }
+    }
+}
+
+impl std::str::FromStr for EntryId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || format!("`{text}` is not a stream entry id like 1700000000000-0");
+        let (ms, seq) = text.split_once('-').ok_or_else(invalid)?;
+        let number = |part: &str| {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            part.parse::<u64>().map_err(|_| invalid())
+        };
+        Ok(EntryId {
+            ms: number(ms)?,
+            seq: number(seq)?,
+        })
+    }
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids_parse_and_order() {
+        let a: Result<EntryId, _> = "1700000000000-5".parse();
+        let b: Result<EntryId, _> = "1700000000001-0".parse();
+        assert_eq!(
+            a,
+            Ok(EntryId {
+                ms: 1_700_000_000_000,
+                seq: 5
+            })
+        );
+        assert!(a < b);
+        for bad in ["", "1-", "-1", "1", "a-1", "18446744073709551616-0", "1-+2"] {
+            assert!(bad.parse::<EntryId>().is_err(), "{bad}");
+        }
+    }
 }

@@ -85,6 +85,11 @@ pub const REDIS_OPERATIONS: &[&str] = &[
     "xclaim",
     "xinfo_consumers",
     "xadd_dlq",
+    "xgroup_createconsumer",
+    "enqueue",
+    "keep_reply_stream",
+    "get",
+    "xdel",
 ];
 
 /// Describes the metrics both services export and publishes every known series at zero, so
@@ -119,5 +124,78 @@ pub fn register_common_metrics() {
     );
     for operation in REDIS_OPERATIONS {
         metrics::counter!("redis_errors_total", "operation" => *operation).absolute(0);
+    }
+}
+
+/// A budget for a log line that can fire once per request: at most `per_second` lines a second
+/// get through, the rest are counted and the count is reported with the next line let through.
+/// Under overload (say 20,000 refused requests a second) the log stays readable and cheap
+/// instead of drowning everything else; metrics still count every event.
+///
+/// Use one `static` per call site:
+/// ```ignore
+/// static LIMIT: LogLimiter = LogLimiter::new(5);
+/// if let Some(suppressed) = LIMIT.check() {
+///     tracing::warn!(suppressed, "request failed");
+/// }
+/// ```
+#[derive(Debug)]
+pub struct LogLimiter {
+    per_second: u64,
+    /// The second (since [`log_epoch`]) the counts below belong to.
+    window: std::sync::atomic::AtomicU64,
+    /// Lines let through in that second.
+    passed: std::sync::atomic::AtomicU64,
+    /// Lines held back since the last line let through.
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+fn log_epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl LogLimiter {
+    /// A limiter letting `per_second` lines through each second.
+    pub const fn new(per_second: u64) -> Self {
+        use std::sync::atomic::AtomicU64;
+        LogLimiter {
+            per_second,
+            window: AtomicU64::new(0),
+            passed: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when this line may be logged, `n` being how many were held back since the
+    /// last one (include it in the line); `None` when it must be dropped.
+    pub fn check(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = log_epoch().elapsed().as_secs();
+        if self.window.swap(now, Relaxed) != now {
+            self.passed.store(0, Relaxed);
+        }
+        if self.passed.fetch_add(1, Relaxed) < self.per_second {
+            Some(self.suppressed.swap(0, Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limiter_lets_its_budget_through_and_counts_the_rest() {
+        let limiter = LogLimiter::new(3);
+        let passed: Vec<_> = (0..10).filter_map(|_| limiter.check()).collect();
+        // Within one second (a test this short cannot straddle more than one boundary, and a
+        // boundary only lets more through): at least the budget passes, the first with nothing
+        // held back.
+        assert!(passed.len() >= 3, "{passed:?}");
+        assert_eq!(passed[0], 0);
     }
 }
