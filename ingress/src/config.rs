@@ -52,6 +52,12 @@ pub struct IngressConfig {
     #[arg(long, env = "MAX_BACKLOG", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_backlog: u64,
 
+    /// How long the consumer group may have no live proxy (none read or claimed within the
+    /// last 3 s) before new requests are refused at once with 503 `no-consumers` instead of
+    /// waiting their whole deadline for a 504.
+    #[arg(long, env = "NO_CONSUMER_GRACE", default_value = "3s", value_parser = parse_positive_duration)]
+    pub no_consumer_grace: Duration,
+
     /// Largest accepted request body in bytes (413 above).
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,

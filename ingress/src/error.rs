@@ -53,13 +53,33 @@ impl ApiError {
                 "this instance awaits as many replies as MAX_IN_FLIGHT allows; retry after the indicated delay",
             )
             .retry_after(1),
-            ApiError::Rejected(Rejection::BacklogLimit) => Problem::new(
+            ApiError::Rejected(Rejection::BacklogLimit) | ApiError::Call(CallError::BacklogFull(_)) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "backlog-full",
                 "Request backlog full",
-                "the request stream holds more entries than MAX_BACKLOG; the proxies are behind, retry after the indicated delay",
+                "the request stream holds MAX_BACKLOG entries; the proxies are behind and the request was not queued; retry after the indicated delay",
             )
             .retry_after(2),
+            ApiError::Rejected(Rejection::WaitExceedsDeadline { ahead, rate, expected, retry_after }) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "wait-exceeds-deadline",
+                "Queue too long for the deadline",
+                format!(
+                    "about {ahead} requests are ahead and the proxies finish about {rate:.1} per second, so this one would wait about {:.1} s, more than its deadline allows; it was not queued. Retry after the indicated delay, or allow a longer deadline with Request-Timeout",
+                    expected.as_secs_f64()
+                ),
+            )
+            .retry_after(retry_after.as_secs().max(1)),
+            ApiError::Rejected(Rejection::NoConsumers(without)) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-consumers",
+                "No proxy is reading the queue",
+                format!(
+                    "no proxy has read the request stream for {} s, so nobody would answer; the request was not queued. Start a proxy (or check why they stopped), then retry",
+                    without.as_secs()
+                ),
+            )
+            .retry_after(5),
             ApiError::Call(CallError::DuplicateRequestId(id)) => Problem::new(
                 StatusCode::CONFLICT,
                 "duplicate-request-id",
@@ -70,14 +90,21 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "redis-unavailable",
                 "Redis unavailable",
-                format!("the request could not be queued because Redis is unreachable ({why}); retry shortly"),
+                format!("the request was not queued because Redis is unreachable or refused it ({why}); retry shortly"),
             )
             .retry_after(2),
+            ApiError::Call(CallError::RedisOutOfMemory) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "redis-out-of-memory",
+                "Redis is out of memory",
+                "Redis refuses writes because it reached its maxmemory limit; the request was not queued. An operator must free memory or raise the limit; retry after the indicated delay",
+            )
+            .retry_after(5),
             ApiError::Call(CallError::CircuitOpen(retry_after)) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "circuit-open",
                 "Redis circuit open",
-                "recent Redis calls failed, so requests are refused at once instead of hanging; retry after the indicated delay",
+                "recent Redis calls failed, so the request was refused at once without being queued; retry after the indicated delay",
             )
             .retry_after(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             ApiError::Call(CallError::Timeout(timeout)) => Problem::new(
@@ -85,9 +112,30 @@ impl ApiError {
                 "timeout",
                 "No reply before the deadline",
                 format!(
-                    "no proxy replied within {} ms; the proxies may be down or behind (see /healthz streamLength)",
+                    "no proxy replied within {} ms; the request was queued and may still be processed later; the proxies may be down or behind (see /healthz streamLength)",
                     timeout.as_millis()
                 ),
+            ),
+            ApiError::Call(CallError::Unconfirmed { timeout, why }) => Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "enqueue-unconfirmed",
+                "Redis did not confirm the request",
+                format!(
+                    "the request was sent to Redis, but Redis did not confirm it ({why}) and no reply came within {} ms; it may have been queued and may still be processed. Retry only if the request is safe to repeat",
+                    timeout.as_millis()
+                ),
+            ),
+            ApiError::Call(CallError::DataLost) => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "redis-data-lost",
+                "Redis lost the request",
+                "Redis lost its data (restarted without persistence, flushed, or evicted this instance's reply stream) while the request was queued; it may or may not have been processed. Retry only if the request is safe to repeat",
+            ),
+            ApiError::Call(CallError::InvalidReply(why)) => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "invalid-reply",
+                "Unreadable reply",
+                format!("a proxy answered, but its reply could not be read ({why}); the request was processed, its result is unknown"),
             ),
             ApiError::Call(CallError::ShuttingDown) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -1,29 +1,62 @@
 //! This instance's reply stream: the waiters for replies, the one reader that hands replies
 //! to them, and the keeper that holds the stream's expiry while the instance lives.
 //!
-//! One reader per process with a map correlation-id → oneshot sender is the shape NATS's
-//! inbox uses: a reply costs one map lookup, whatever the number of requests in flight.
+//! One reader per process with a map token → oneshot sender is the shape NATS's inbox uses:
+//! a reply costs one map lookup, whatever the number of requests in flight. Waiters are keyed
+//! by the attempt's reply token, not by the client's request id: a client may reuse an id after
+//! a 504, and the late reply of the first attempt must never answer the second.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fred::prelude::*;
-use shared::protocol::ReplyEntry;
+use shared::protocol::{ReplyEntry, reply_fields};
 use shared::redis::record_error;
-use shared::streams::read_entries;
+use shared::streams::{EntryId, read_entries};
+use shared::telemetry::LogLimiter;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
+
+use crate::broker::Enqueuer;
 
 /// Replies read per XREAD call at most.
 const READ_COUNT: u64 = 1_000;
 /// How long one XREAD blocks before the loop checks for shutdown.
 const READ_BLOCK_MS: u64 = 1_000;
 
-/// The waiters of this instance, by request id.
+/// What a waiter receives.
+#[derive(Debug)]
+pub enum Answer {
+    /// The proxy's reply.
+    Reply(ReplyEntry),
+    /// A reply arrived for this attempt but could not be read (e.g. an unknown status).
+    Invalid(String),
+    /// Redis lost its data (restart without persistence, FLUSHALL) while the request waited:
+    /// its entry is gone and no reply can be relied on.
+    Lost,
+}
+
+struct Slot {
+    request_id: String,
+    sender: oneshot::Sender<Answer>,
+    /// The request entry's id once the write succeeded.
+    entry: Option<EntryId>,
+}
+
+#[derive(Default)]
+struct Waiters {
+    by_token: HashMap<String, Slot>,
+    /// Request ids in flight, for the 409 on a concurrent duplicate.
+    ids: HashSet<String>,
+    /// Entries older than this were lost with Redis's data.
+    lost_before: Option<EntryId>,
+}
+
+/// The waiters of this instance, by reply token.
 #[derive(Default)]
 pub struct PendingReplies {
-    waiters: Mutex<HashMap<String, oneshot::Sender<ReplyEntry>>>,
+    waiters: Mutex<Waiters>,
 }
 
 /// The request id is already awaiting a reply on this instance.
@@ -33,61 +66,125 @@ pub struct DuplicateRequestId;
 /// A registered wait for one reply. Dropping it (timeout, client gone) unregisters it, so a
 /// late reply finds nobody and is discarded.
 pub struct Waiter {
-    request_id: String,
-    receiver: oneshot::Receiver<ReplyEntry>,
+    token: String,
+    receiver: oneshot::Receiver<Answer>,
     registry: Arc<PendingReplies>,
 }
 
 impl Waiter {
-    /// Resolves with the reply; `None` only if the registry was dropped.
-    pub async fn reply(&mut self) -> Option<ReplyEntry> {
+    /// Resolves with the answer; `None` only if the registry was dropped.
+    pub async fn answer(&mut self) -> Option<Answer> {
         (&mut self.receiver).await.ok()
+    }
+
+    /// The attempt's reply token.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.request_id);
+        let mut waiters = self.registry.lock();
+        if let Some(slot) = waiters.by_token.remove(&self.token) {
+            waiters.ids.remove(&slot.request_id);
+        }
     }
 }
 
 impl PendingReplies {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, oneshot::Sender<ReplyEntry>>> {
-        // A panic while holding this lock cannot leave the map inconsistent (single insert or
-        // remove), so a poisoned lock is still usable.
+    fn lock(&self) -> MutexGuard<'_, Waiters> {
+        // A panic while holding this lock cannot leave the maps inconsistent (each critical
+        // section is a few inserts or removes), so a poisoned lock is still usable.
         self.waiters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a waiter for `request_id`. Must happen before the request is written, so
-    /// that even an instant reply finds its waiter.
-    pub fn register(self: &Arc<Self>, request_id: &str) -> Result<Waiter, DuplicateRequestId> {
+    /// Registers a waiter for the attempt `token` of `request_id`. Must happen before the
+    /// request is written, so that even an instant reply finds its waiter.
+    pub fn register(
+        self: &Arc<Self>,
+        request_id: &str,
+        token: String,
+    ) -> Result<Waiter, DuplicateRequestId> {
         let (sender, receiver) = oneshot::channel();
         let mut waiters = self.lock();
-        if waiters.contains_key(request_id) {
+        if !waiters.ids.insert(request_id.to_string()) {
             return Err(DuplicateRequestId);
         }
-        waiters.insert(request_id.to_string(), sender);
+        waiters.by_token.insert(
+            token.clone(),
+            Slot {
+                request_id: request_id.to_string(),
+                sender,
+                entry: None,
+            },
+        );
         Ok(Waiter {
-            request_id: request_id.to_string(),
+            token,
             receiver,
             registry: self.clone(),
         })
     }
 
-    /// Hands `reply` to its waiter; false when nobody waits (timed out, or a duplicate).
-    pub fn complete(&self, reply: ReplyEntry) -> bool {
-        let sender = self.lock().remove(&reply.request_id);
-        match sender {
-            Some(sender) => sender.send(reply).is_ok(),
-            None => false,
+    /// Records that the request of `token` was written as entry `entry`. If Redis's data loss
+    /// was already detected past that entry, the waiter is failed at once.
+    pub fn enqueued(&self, token: &str, entry: EntryId) {
+        let mut waiters = self.lock();
+        let lost = waiters.lost_before.is_some_and(|before| entry < before);
+        if lost {
+            if let Some(slot) = waiters.by_token.remove(token) {
+                waiters.ids.remove(&slot.request_id);
+                let _ = slot.sender.send(Answer::Lost);
+            }
+        } else if let Some(slot) = waiters.by_token.get_mut(token) {
+            slot.entry = Some(entry);
         }
+    }
+
+    /// Redis lost its data: every request written before entry id `before` is gone. Fails
+    /// their waiters at once (instead of letting them wait for their deadline) and returns how
+    /// many there were.
+    pub fn lost(&self, before: EntryId) -> usize {
+        let mut waiters = self.lock();
+        let before = waiters
+            .lost_before
+            .map_or(before, |known| known.max(before));
+        waiters.lost_before = Some(before);
+        let gone: Vec<String> = waiters
+            .by_token
+            .iter()
+            .filter(|(_, slot)| slot.entry.is_some_and(|entry| entry < before))
+            .map(|(token, _)| token.clone())
+            .collect();
+        for token in &gone {
+            if let Some(slot) = waiters.by_token.remove(token) {
+                waiters.ids.remove(&slot.request_id);
+                let _ = slot.sender.send(Answer::Lost);
+            }
+        }
+        gone.len()
+    }
+
+    /// Hands `answer` to the waiter of `token` if it waits for `request_id`; false when nobody
+    /// waits (timed out, a duplicate, another instance's token).
+    fn complete(&self, token: &str, request_id: &str, answer: Answer) -> bool {
+        let mut waiters = self.lock();
+        match waiters.by_token.get(token) {
+            Some(slot) if slot.request_id == request_id => {}
+            _ => return false,
+        }
+        let Some(slot) = waiters.by_token.remove(token) else {
+            return false;
+        };
+        waiters.ids.remove(&slot.request_id);
+        slot.sender.send(answer).is_ok()
     }
 
     /// Number of requests awaiting replies.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_token.len()
     }
 
     /// Whether no request awaits a reply.
@@ -97,8 +194,9 @@ impl PendingReplies {
 }
 
 /// Creates the reply stream (XADD of a marker entry) and returns the marker's id, from which
-/// the reader starts. The proxy writes replies with NOMKSTREAM, so the stream must exist
-/// before the first request is sent.
+/// the reader starts: replies written before it (to an earlier process with the same
+/// INSTANCE_ID) are never read. The proxy writes replies with NOMKSTREAM, so the stream must
+/// exist before the first request is sent.
 pub async fn create_reply_stream(
     commands: &Client,
     stream: &str,
@@ -125,6 +223,7 @@ pub async fn read_replies(
     mut last_id: String,
     stop: CancellationToken,
 ) {
+    static READ_FAILED: LogLimiter = LogLimiter::new(1);
     let mut backoff = Duration::from_millis(50);
     loop {
         let read = blocking.xread::<Value, _, _>(
@@ -139,7 +238,9 @@ pub async fn read_replies(
                 Ok(entries) => entries,
                 Err(err) => {
                     record_error("xread", &err);
-                    tracing::warn!(error = %err, stream, "reading replies failed; retrying");
+                    if let Some(suppressed) = READ_FAILED.check() {
+                        tracing::warn!(error = %err, stream, suppressed, "reading replies failed; retrying");
+                    }
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
@@ -173,65 +274,66 @@ pub async fn read_replies(
     }
 }
 
-fn deliver(pending: &PendingReplies, text: HashMap<String, String>) {
-    if text.contains_key("created_by") {
-        return; // the stream's creation marker
+fn deliver(pending: &PendingReplies, fields: HashMap<String, String>) {
+    static UNREADABLE: LogLimiter = LogLimiter::new(5);
+    if fields.contains_key("created_by") {
+        return; // the stream's creation marker, or the keeper's write probe
     }
-    match ReplyEntry::from_fields(text) {
-        Ok(reply) => {
-            let request_id = reply.request_id.clone();
-            if !pending.complete(reply) {
-                metrics::counter!("ingress_replies_unmatched_total").increment(1);
-                tracing::debug!(
-                    request_id,
-                    "reply for a request nobody awaits (timed out or duplicate); discarded"
-                );
-            }
-        }
+    let token = fields.get(reply_fields::TOKEN).cloned();
+    let request_id = fields.get(reply_fields::REQUEST_ID).cloned();
+    let (Some(token), Some(request_id)) = (token, request_id) else {
+        // A reply without a token answers a version 1 request, which this ingress never
+        // writes: nobody here can be waiting for it.
+        metrics::counter!("ingress_replies_unmatched_total").increment(1);
+        return;
+    };
+    let answer = match ReplyEntry::from_fields(fields) {
+        Ok(reply) => Answer::Reply(reply),
         Err(err) => {
             metrics::counter!("ingress_replies_invalid_total").increment(1);
-            tracing::warn!(error = %err, "unreadable reply entry discarded");
+            if let Some(suppressed) = UNREADABLE.check() {
+                tracing::warn!(request_id, error = %err, suppressed, "unreadable reply; its caller gets a 502");
+            }
+            Answer::Invalid(err.to_string())
         }
+    };
+    if !pending.complete(&token, &request_id, answer) {
+        metrics::counter!("ingress_replies_unmatched_total").increment(1);
+        tracing::debug!(
+            request_id,
+            "reply for a request nobody awaits (timed out, duplicate, or an earlier attempt); discarded"
+        );
     }
 }
 
 /// How often the keeper refreshes the reply stream's expiry and checks it still exists. One
-/// cheap command per second bounds how long replies can be lost after Redis lost its data.
+/// cheap script call per second bounds how long a data loss goes unnoticed when no request
+/// comes (a request's own write notices it at once).
 const KEEPER_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Keeps the reply stream alive: refreshes its expiry every second (at most every quarter of
-/// `ttl`), and re-creates it when it is gone (Redis lost its data) — at once after a
-/// reconnect, signalled through `reconnected`. Deletes the stream when `stop` is cancelled.
+/// the TTL) and re-creates it when it is gone (Redis lost its data), failing the requests that
+/// were waiting — at once after a reconnect, signalled through `reconnected`. While Redis
+/// refuses writes for lack of memory it probes with a write each round, so readiness recovers
+/// without traffic. Deletes the stream when `stop` is cancelled.
 pub async fn keep_reply_stream(
     commands: Client,
-    stream: String,
-    instance_id: String,
-    ttl: Duration,
+    enqueuer: Enqueuer,
     reconnected: Arc<Notify>,
     stop: CancellationToken,
 ) {
+    let interval = KEEPER_INTERVAL.min(enqueuer.reply_ttl() / 4);
     loop {
-        match commands
-            .pexpire::<bool, _>(stream.as_str(), ttl.as_millis() as i64, None)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => match create_reply_stream(&commands, &stream, &instance_id, ttl).await {
-                Ok(_) => tracing::warn!(
-                    stream,
-                    "reply stream was missing (Redis restarted?); re-created it"
-                ),
-                Err(err) => record_error("xadd", &err),
-            },
-            Err(err) => record_error("pexpire", &err),
+        if let Err(err) = enqueuer.keep_reply_stream().await {
+            record_error("keep_reply_stream", &err);
         }
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = reconnected.notified() => {}
-            _ = tokio::time::sleep(KEEPER_INTERVAL.min(ttl / 4)) => {}
+            _ = tokio::time::sleep(interval) => {}
         }
     }
-    if let Err(err) = commands.del::<(), _>(stream.as_str()).await {
+    if let Err(err) = commands.del::<(), _>(enqueuer.reply_stream()).await {
         record_error("del", &err);
     }
 }
@@ -241,39 +343,97 @@ mod tests {
     use super::*;
     use shared::protocol::ReplyStatus;
 
-    fn reply(id: &str) -> ReplyEntry {
+    fn reply(id: &str, token: &str) -> ReplyEntry {
         ReplyEntry {
             request_id: id.into(),
+            token: Some(token.into()),
             status: ReplyStatus::Ok,
             payload: "{}".into(),
             proxy: "p".into(),
         }
     }
 
+    fn complete(pending: &PendingReplies, id: &str, token: &str) -> bool {
+        pending.complete(token, id, Answer::Reply(reply(id, token)))
+    }
+
     #[tokio::test]
     async fn a_reply_reaches_its_waiter_and_only_once() {
         let pending = Arc::new(PendingReplies::default());
-        let Ok(mut waiter) = pending.register("a") else {
+        let Ok(mut waiter) = pending.register("a", "t1".into()) else {
             panic!("first registration refused");
         };
         assert!(
-            pending.register("a").is_err(),
+            pending.register("a", "t2".into()).is_err(),
             "duplicate id must be refused"
         );
-        assert!(pending.complete(reply("a")));
-        assert_eq!(waiter.reply().await.map(|r| r.request_id), Some("a".into()));
-        assert!(!pending.complete(reply("a")), "second reply finds nobody");
+        assert!(complete(&pending, "a", "t1"));
+        assert!(matches!(waiter.answer().await, Some(Answer::Reply(r)) if r.request_id == "a"));
+        assert!(!complete(&pending, "a", "t1"), "second reply finds nobody");
     }
 
     #[test]
     fn dropping_a_waiter_unregisters_it() {
         let pending = Arc::new(PendingReplies::default());
-        let Ok(waiter) = pending.register("b") else {
+        let Ok(waiter) = pending.register("b", "t1".into()) else {
             panic!("registration refused");
         };
         assert_eq!(pending.len(), 1);
         drop(waiter);
         assert!(pending.is_empty());
-        assert!(!pending.complete(reply("b")));
+        assert!(!complete(&pending, "b", "t1"));
+        assert!(
+            pending.register("b", "t2".into()).is_ok(),
+            "the id is free again"
+        );
+    }
+
+    #[test]
+    fn a_late_reply_of_an_earlier_attempt_does_not_answer_a_reused_id() {
+        let pending = Arc::new(PendingReplies::default());
+        let first = pending.register("dup-1", "t1".into());
+        drop(first); // the first attempt got its 504
+        let Ok(_second) = pending.register("dup-1", "t2".into()) else {
+            panic!("the id is free after the first attempt ended");
+        };
+        assert!(
+            !complete(&pending, "dup-1", "t1"),
+            "the first attempt's reply must not complete the second"
+        );
+        assert!(complete(&pending, "dup-1", "t2"));
+    }
+
+    #[test]
+    fn a_token_with_another_request_id_completes_nothing() {
+        let pending = Arc::new(PendingReplies::default());
+        let _waiter = pending.register("x", "t1".into());
+        assert!(!complete(&pending, "y", "t1"));
+        assert_eq!(pending.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_data_loss_fails_the_requests_written_before_it_only() {
+        let pending = Arc::new(PendingReplies::default());
+        let id = |ms| EntryId { ms, seq: 0 };
+        let (Ok(mut old), Ok(mut new), Ok(mut unsent), Ok(mut late)) = (
+            pending.register("old", "t1".into()),
+            pending.register("new", "t2".into()),
+            pending.register("unsent", "t3".into()),
+            pending.register("late", "t4".into()),
+        ) else {
+            panic!("registration refused");
+        };
+        pending.enqueued("t1", id(10));
+        pending.enqueued("t2", id(30));
+        assert_eq!(pending.lost(id(20)), 1);
+        assert!(matches!(old.answer().await, Some(Answer::Lost)));
+        // Written before the loss, but its write's answer was handled after the detection.
+        pending.enqueued("t4", id(15));
+        assert!(matches!(late.answer().await, Some(Answer::Lost)));
+        assert!(complete(&pending, "new", "t2"));
+        assert!(matches!(new.answer().await, Some(Answer::Reply(_))));
+        pending.enqueued("t3", id(40));
+        assert!(complete(&pending, "unsent", "t3"));
+        assert!(matches!(unsent.answer().await, Some(Answer::Reply(_))));
     }
 }

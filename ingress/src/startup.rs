@@ -7,22 +7,27 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fred::prelude::*;
-use shared::redis::{connect, ensure_group, wait_connected};
+use shared::redis::{ConnectionWatch, MemoryState, connect, ensure_group, wait_connected};
 use shared::resilience::CircuitBreaker;
-use shared::streams::spawn_sampler;
+use shared::streams::{SamplerSettings, spawn_sampler};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
-use crate::broker::StreamClient;
+use crate::broker::{Enqueuer, Queue, StreamClient};
 use crate::config::IngressConfig;
 use crate::replies::{PendingReplies, create_reply_stream, keep_reply_stream, read_replies};
 use crate::routes::router;
 use crate::state::AppState;
 
-/// How often the request stream's length, lag and pending count are sampled.
-const SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the request stream's length, lag, drain rate and consumers are sampled. Short,
+/// because admission estimates waits from it; it costs three cheap commands per sample.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A consumer that has not read or claimed for this long counts as gone. A live proxy does one
+/// or the other at least every second.
+const CONSUMER_LIVE_IDLE: Duration = Duration::from_secs(3);
 
 /// A bound, connected ingress that has not started serving yet.
 pub struct Application {
@@ -30,6 +35,7 @@ pub struct Application {
     listener: TcpListener,
     commands: Client,
     blocking: Client,
+    connection: Arc<ConnectionWatch>,
     instance_id: String,
     reply_stream: String,
     first_reply_id: String,
@@ -45,8 +51,9 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {} (LISTEN_ADDR)", config.listen_addr))?;
-        let commands = connect(&config.redis.redis_url).context("invalid REDIS_URL")?;
-        let blocking = connect(&config.redis.redis_url).context("invalid REDIS_URL")?;
+        let commands = connect(&config.redis).context("invalid REDIS_URL")?;
+        let blocking = connect(&config.redis).context("invalid REDIS_URL")?;
+        let connection = ConnectionWatch::start(&commands);
         let instance_id = config.resolved_instance_id();
         let reply_stream = format!("{}:{}", config.reply_stream_prefix, instance_id);
 
@@ -85,6 +92,7 @@ impl Application {
             listener,
             commands,
             blocking,
+            connection,
             instance_id,
             reply_stream,
             first_reply_id,
@@ -106,6 +114,7 @@ impl Application {
             listener,
             commands,
             blocking,
+            connection,
             instance_id,
             reply_stream,
             first_reply_id,
@@ -115,30 +124,47 @@ impl Application {
         let background = CancellationToken::new();
         let abandon = CancellationToken::new();
         let pending = Arc::new(PendingReplies::default());
+        let memory = Arc::new(MemoryState::default());
         let stream_stats = spawn_sampler(
             commands.clone(),
-            config.redis.request_stream.clone(),
-            config.redis.consumer_group.clone(),
-            Vec::new(),
-            SAMPLE_INTERVAL,
+            SamplerSettings {
+                stream: config.redis.request_stream.clone(),
+                group: config.redis.consumer_group.clone(),
+                also_measure: Vec::new(),
+                interval: SAMPLE_INTERVAL,
+                live_idle: Some(CONSUMER_LIVE_IDLE),
+            },
             background.clone(),
         );
+        let queue = Queue {
+            stream: config.redis.request_stream.as_str().into(),
+            max_backlog: config.max_backlog,
+            stats: stream_stats,
+        };
         let admission = Arc::new(Admission::new(
             config.max_in_flight,
-            config.max_backlog,
-            stream_stats.clone(),
+            config.no_consumer_grace,
         ));
+        let enqueuer = Enqueuer::new(
+            commands.clone(),
+            config.redis.redis_command_timeout,
+            &reply_stream,
+            &instance_id,
+            config.reply_stream_ttl,
+            pending.clone(),
+            memory.clone(),
+        );
         let state = AppState {
             broker: StreamClient::new(
-                commands.clone(),
-                &config.redis.request_stream,
-                &reply_stream,
+                connection,
+                enqueuer.clone(),
                 pending.clone(),
                 breaker.clone(),
                 abandon.clone(),
             ),
             admission: admission.clone(),
-            stream_stats,
+            queue,
+            memory,
             breaker,
             redis: commands.clone(),
             request_timeout: config.request_timeout,
@@ -154,9 +180,7 @@ impl Application {
         ));
         let keeper = tokio::spawn(keep_reply_stream(
             commands.clone(),
-            reply_stream.clone(),
-            instance_id.clone(),
-            config.reply_stream_ttl,
+            enqueuer,
             reconnected,
             background.clone(),
         ));

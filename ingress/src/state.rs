@@ -4,20 +4,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::Client;
+use shared::redis::MemoryState;
 use shared::resilience::CircuitBreaker;
-use shared::streams::StreamStats;
 
 use crate::admission::Admission;
-use crate::broker::StreamClient;
+use crate::broker::{Queue, StreamClient};
 
 /// Shared by every handler (behind one `Arc`, see `routes::router`).
 pub struct AppState {
     /// Sends requests and awaits replies.
     pub broker: StreamClient,
-    /// In-flight limit, backlog limit, draining flag.
+    /// In-flight limit, wait estimate, draining flag.
     pub admission: Arc<Admission>,
-    /// Latest request-stream sample (backlog, group presence).
-    pub stream_stats: Arc<StreamStats>,
+    /// The request stream requests go to, with its sampled state.
+    pub queue: Queue,
+    /// Whether Redis refuses writes for lack of memory (readiness reports it).
+    pub memory: Arc<MemoryState>,
     /// Circuit breaker around Redis (readiness reports it).
     pub breaker: Arc<CircuitBreaker>,
     /// Non-blocking client, for health checks.

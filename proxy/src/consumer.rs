@@ -11,6 +11,7 @@ use fred::prelude::*;
 use shared::protocol::{ReplyEntry, ReplyStatus, RequestEntry};
 use shared::redis::{ensure_group, is_nogroup, record_error};
 use shared::streams::{StreamEntry, read_entries};
+use shared::telemetry::LogLimiter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -178,8 +179,11 @@ impl Consumer {
                     }
                 }
                 Err(err) => {
+                    static READ_FAILED: LogLimiter = LogLimiter::new(1);
                     record_error("xreadgroup", &err);
-                    tracing::warn!(error = %err, "reading requests failed; retrying in {backoff:?}");
+                    if let Some(suppressed) = READ_FAILED.check() {
+                        tracing::warn!(error = %err, suppressed, "reading requests failed; retrying in {backoff:?}");
+                    }
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
@@ -337,23 +341,29 @@ impl Consumer {
     }
 }
 
-/// Refreshes the idle time of the entries in terminals every third of RECLAIM_MIN_IDLE, so a
-/// slow but live terminal's entry is never reclaimed by another proxy.
+/// This consumer's heartbeat, at once and then every third of RECLAIM_MIN_IDLE (at least every
+/// second): refreshes the idle time of the entries in terminals, so a slow but live terminal's
+/// entry is never reclaimed by another proxy, or, with none, makes sure the consumer exists in
+/// the group. The ingress counts a consumer unseen for a few seconds as gone, and while every
+/// terminal is busy the reader does not read, so this is what keeps a busy proxy visible.
 async fn keep_alive(
     reclaimer: Reclaimer,
     terminal: Arc<Terminal>,
     min_idle: Duration,
     stop: CancellationToken,
 ) {
-    let every = (min_idle / 3).max(Duration::from_millis(50));
+    static FAILED: LogLimiter = LogLimiter::new(1);
+    let every = (min_idle / 3).clamp(Duration::from_millis(50), Duration::from_secs(1));
     loop {
+        let ids: Vec<String> = terminal.in_flight().iter().cloned().collect();
+        if let Err(err) = reclaimer.heartbeat(ids).await
+            && let Some(suppressed) = FAILED.check()
+        {
+            tracing::debug!(error = %err, suppressed, "heartbeat failed (entries in terminals not refreshed)");
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
-        }
-        let ids: Vec<String> = terminal.in_flight().iter().cloned().collect();
-        if let Err(err) = reclaimer.keep_alive(ids).await {
-            tracing::debug!(error = %err, "could not refresh idle times of entries in terminals");
         }
     }
 }
@@ -387,7 +397,7 @@ impl Terminal {
             Ok(request) => request,
             Err(err) => {
                 let failure = Failure {
-                    reason: "unreadable",
+                    reason: err.reason(),
                     error: format!("unreadable request entry: {err}"),
                     deliveries,
                     consumer: &self.consumer_name,
@@ -404,14 +414,30 @@ impl Terminal {
         );
 
         if request.time_left(SystemTime::now()).is_zero() {
+            static EXPIRED: LogLimiter = LogLimiter::new(5);
             metrics::counter!("proxy_expired_total").increment(1);
-            span.in_scope(|| tracing::info!("deadline passed before processing; dropped"));
+            if let Some(suppressed) = EXPIRED.check() {
+                span.in_scope(|| {
+                    tracing::info!(suppressed, "deadline passed before processing; dropped")
+                });
+            }
             self.ack(&entry.id).await;
             return Some((request.operation, "expired"));
         }
         let deadline = tokio::time::Instant::now() + request.time_left(SystemTime::now());
 
         let started = Instant::now();
+        // Work stops at the caller's deadline: past it the caller has had its 504, and
+        // finishing would only spend a terminal (and a backend's capacity) on nobody.
+        let request_ref = &request;
+        let processed = |delay: Option<Duration>| {
+            tokio::time::timeout_at(deadline, async move {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                self.process(request_ref).await
+            })
+        };
         let result = match self.faults.draw() {
             Some(Fault::CrashBeforeAck) => {
                 span.in_scope(|| {
@@ -419,22 +445,29 @@ impl Terminal {
                 });
                 return None;
             }
-            Some(Fault::ProcessingError) => Err((
+            Some(Fault::ProcessingError) => Ok(Err((
                 "injected_failure",
                 "failure injection: processing error".to_string(),
-            )),
+            ))),
             Some(Fault::ResponseTimeout) => {
                 tokio::time::sleep_until(deadline + Duration::from_millis(10)).await;
-                Err((
+                Ok(Err((
                     "backend_timeout",
                     "failure injection: the backend did not answer in time".to_string(),
-                ))
+                )))
             }
-            Some(Fault::SlowResponse(delay)) => {
-                tokio::time::sleep(delay).await;
-                self.process(&request).await
-            }
-            None => self.process(&request).await,
+            Some(Fault::SlowResponse(delay)) => processed(Some(delay)).await,
+            None => processed(None).await,
+        };
+        let Ok(result) = result else {
+            metrics::counter!("proxy_abandoned_total").increment(1);
+            span.in_scope(|| {
+                tracing::debug!(
+                    "deadline passed while processing; stopped, acknowledged without reply"
+                )
+            });
+            self.ack(&entry.id).await;
+            return Some((request.operation, "expired"));
         };
         metrics::histogram!("proxy_processing_seconds", "operation" => request.operation.clone())
             .record(started.elapsed().as_secs_f64());
@@ -443,6 +476,7 @@ impl Terminal {
             Ok(payload) => (
                 ReplyEntry {
                     request_id: request.request_id.clone(),
+                    token: request.token.clone(),
                     status: ReplyStatus::Ok,
                     payload,
                     proxy: self.consumer_name.clone(),
@@ -459,10 +493,16 @@ impl Terminal {
                 return self.dead_letter(&entry, failure, request.operation).await;
             }
             Err((code, message)) => {
-                span.in_scope(|| tracing::warn!(code, message, "processing failed"));
+                static FAILED: LogLimiter = LogLimiter::new(5);
+                if let Some(suppressed) = FAILED.check() {
+                    span.in_scope(|| {
+                        tracing::warn!(code, message, suppressed, "processing failed")
+                    });
+                }
                 (
                     ReplyEntry {
                         request_id: request.request_id.clone(),
+                        token: request.token.clone(),
                         status: ReplyStatus::Error {
                             code: code.to_string(),
                             message,
@@ -484,17 +524,24 @@ impl Terminal {
         {
             Ok(Delivery::Written) => {}
             Ok(Delivery::NoReplyStream) => {
+                static DROPPED: LogLimiter = LogLimiter::new(5);
                 metrics::counter!("proxy_replies_dropped_total").increment(1);
-                span.in_scope(|| {
-                    tracing::info!(
-                        reply_to = request.reply_to,
-                        "reply stream gone (its ingress stopped); reply dropped"
-                    )
-                });
+                if let Some(suppressed) = DROPPED.check() {
+                    span.in_scope(|| {
+                        tracing::info!(
+                            reply_to = request.reply_to,
+                            suppressed,
+                            "reply stream gone (its ingress stopped); reply dropped"
+                        )
+                    });
+                }
             }
             Err(err) => {
                 // Neither replied nor acknowledged: the entry stays pending and is reclaimed.
-                span.in_scope(|| tracing::warn!(error = %err, "could not write the reply; entry left pending"));
+                static NOT_WRITTEN: LogLimiter = LogLimiter::new(5);
+                if let Some(suppressed) = NOT_WRITTEN.check() {
+                    span.in_scope(|| tracing::warn!(error = %err, suppressed, "could not write the reply; entry left pending"));
+                }
                 return None;
             }
         }

@@ -23,7 +23,12 @@ use crate::reply::Responder;
 pub const REPLAY_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Why an entry was dead-lettered, as `proxy_dead_lettered_total{reason}`.
-pub const REASONS: &[&str] = &["unreadable", "invalid_payload", "max_deliveries"];
+pub const REASONS: &[&str] = &[
+    "unreadable",
+    "unsupported_version",
+    "invalid_payload",
+    "max_deliveries",
+];
 
 mod fields {
     pub const SOURCE_ID: &str = "dlq_source_id";
@@ -146,6 +151,7 @@ impl DeadLetters {
         ) {
             let reply = ReplyEntry {
                 request_id: request_id.clone(),
+                token: entry.fields.get(request_fields::TOKEN).cloned(),
                 status: ReplyStatus::Error {
                     code: "dead_lettered".into(),
                     message: format!(

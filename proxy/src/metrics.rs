@@ -28,12 +28,16 @@ pub fn register() {
         "Entries whose deadline had passed when read; acknowledged and dropped unprocessed"
     );
     describe_counter!(
+        "proxy_abandoned_total",
+        "Entries whose deadline passed while a terminal processed them: processing stopped, acknowledged without a reply (the caller had its 504)"
+    );
+    describe_counter!(
         "proxy_replies_dropped_total",
         "Replies not written because the caller's reply stream was gone"
     );
     describe_histogram!(
         "proxy_reply_batch_size",
-        "Replies written (and entries acknowledged) per Redis call: 1 at light load, more under load"
+        "Replies written (and entries acknowledged) per Redis call: 1 at light load, more under load (a summary: quantiles, sum and count)"
     );
     for operation in [Operation::CityForecast, Operation::SampleForecast] {
         for outcome in OUTCOMES {
@@ -41,6 +45,7 @@ pub fn register() {
         }
     }
     metrics::counter!("proxy_expired_total").absolute(0);
+    metrics::counter!("proxy_abandoned_total").absolute(0);
     metrics::counter!("proxy_replies_dropped_total").absolute(0);
 
     describe_counter!(

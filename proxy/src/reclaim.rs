@@ -114,9 +114,23 @@ impl Reclaimer {
             .collect())
     }
 
-    /// Resets the idle time of `ids` (entries in our terminals) without counting a delivery.
-    pub async fn keep_alive(&self, ids: Vec<String>) -> Result<(), Error> {
+    /// This consumer's heartbeat. With entries in terminals (`ids`), resets their idle time
+    /// without counting a delivery (XCLAIM … JUSTID), so no other proxy reclaims them; that
+    /// also refreshes the consumer's own idle time. With none, makes sure the consumer exists
+    /// (XGROUP CREATECONSUMER): Redis 7.0 creates a consumer only when a read delivers
+    /// something, and the ingress counts only consumers it can see as alive — a proxy waiting
+    /// on an empty stream (after a start, a clean restart or a re-created group) must be seen.
+    pub async fn heartbeat(&self, ids: Vec<String>) -> Result<(), Error> {
         if ids.is_empty() {
+            let _: u64 = self
+                .commands
+                .xgroup_createconsumer(
+                    self.stream.as_str(),
+                    self.group.as_str(),
+                    self.consumer.as_str(),
+                )
+                .await
+                .inspect_err(|err| record_error("xgroup_createconsumer", err))?;
             return Ok(());
         }
         let _: Value = self

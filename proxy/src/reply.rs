@@ -4,7 +4,7 @@
 //! the two, the entry stays pending and is processed again (at-least-once; the ingress
 //! ignores the second reply). The other order could lose a request.
 //!
-//! On the normal path both happen in one Lua script, [`REPLY_AND_ACK`]: atomic, so there is no
+//! On the normal path both happen in one Lua script, `shared/lua/reply_and_ack.lua`: atomic, so there is no
 //! window in which a proxy dies after replying but before acknowledging. Terminals do not call
 //! it one by one: they hand their reply to the [`ReplyQueue`], whose single writer sends every
 //! reply that is waiting in one script call ("group commit"). One reply alone goes out at once;
@@ -14,49 +14,14 @@
 //! until the latest deadline in the batch, so a Redis blip (reconnect, AOF loading) does not
 //! lose a reply.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use shared::batch::Batcher;
 use shared::protocol::ReplyEntry;
-use shared::redis::{is_transient, record_error};
-use shared::resilience::{CircuitBreaker, GuardedError, guarded};
+use shared::redis::{MemoryState, record_error};
+use shared::resilience::{CircuitBreaker, GuardedError, guarded, retry_transient};
 use tokio::time::Instant;
-
-/// For each reply in the batch: XADD it with NOMKSTREAM to its reply stream, then XACK and
-/// XDEL the request entries whose reply was written (or whose reply stream is gone), all
-/// atomically.
-///
-/// KEYS: request stream, then one reply stream per reply.
-/// ARGV: group, then per reply: the request entry's id, the number `k` of reply arguments,
-/// and the `k` field/value arguments.
-/// Returns one element per reply: the reply's id; nil when its reply stream is gone (the entry
-/// is acknowledged anyway: nobody waits for it); or `error: <message>` when the XADD failed,
-/// in which case that entry is not acknowledged and stays pending.
-pub const REPLY_AND_ACK: &str = r#"
-local group = ARGV[1]
-local results, acked = {}, {}
-local pos = 2
-for i = 2, #KEYS do
-  local entry_id, k = ARGV[pos], tonumber(ARGV[pos + 1])
-  local id = redis.pcall('XADD', KEYS[i], 'NOMKSTREAM', '*', unpack(ARGV, pos + 2, pos + 1 + k))
-  if type(id) == 'table' and id.err then
-    results[i - 1] = 'error: ' .. id.err
-  else
-    results[i - 1] = id
-    acked[#acked + 1] = entry_id
-  end
-  pos = pos + 2 + k
-end
-if #acked > 0 then
-  redis.call('XACK', KEYS[1], group, unpack(acked))
-  redis.call('XDEL', KEYS[1], unpack(acked))
-end
-return results
-"#;
-
-static REPLY_AND_ACK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::from_lua(REPLY_AND_ACK));
 
 /// Most replies one script call carries. Redis runs a script without serving anyone else, so
 /// this bounds that pause (~0.5 ms here) and the size of one call; it is far above the batches
@@ -72,8 +37,10 @@ pub const WRITES_IN_FLIGHT: usize = 2;
 pub struct Responder {
     commands: Client,
     request_stream: String,
+    served_counter: String,
     group: String,
     breaker: Arc<CircuitBreaker>,
+    memory: Arc<MemoryState>,
 }
 
 /// What happened to a reply.
@@ -102,12 +69,15 @@ impl Responder {
         request_stream: &str,
         group: &str,
         breaker: Arc<CircuitBreaker>,
+        memory: Arc<MemoryState>,
     ) -> Self {
         Responder {
             commands,
             request_stream: request_stream.to_string(),
+            served_counter: shared::protocol::served_counter(request_stream),
             group: group.to_string(),
             breaker,
+            memory,
         }
     }
 
@@ -120,7 +90,7 @@ impl Responder {
         deadline: Instant,
     ) -> Result<Delivery, Error> {
         let fields = reply.to_fields();
-        let id: Option<String> = guarded(&self.breaker, deadline, is_transient, || {
+        let id: Option<String> = guarded(&self.breaker, deadline, retry_transient, || {
             self.commands
                 .xadd(reply_to, true, None, "*", fields.clone())
         })
@@ -141,8 +111,9 @@ impl Responder {
         &self,
         batch: &[PendingReply],
     ) -> Result<Vec<Result<Delivery, Error>>, Error> {
-        let mut keys: Vec<Key> = Vec::with_capacity(batch.len() + 1);
+        let mut keys: Vec<Key> = Vec::with_capacity(batch.len() + 2);
         keys.push(Key::from(self.request_stream.as_str()));
+        keys.push(Key::from(self.served_counter.as_str()));
         let mut args: Vec<Value> = Vec::with_capacity(1 + batch.len() * 12);
         args.push(Value::from(self.group.as_str()));
         let mut deadline = Instant::now();
@@ -157,8 +128,12 @@ impl Responder {
             deadline = deadline.max(reply.deadline);
         }
         // Keys and values are reference-counted: cloning them for a retry copies no bytes.
-        let results: Vec<Value> = guarded(&self.breaker, deadline, is_transient, || {
-            REPLY_AND_ACK_SCRIPT.evalsha_with_reload(&self.commands, keys.clone(), args.clone())
+        let results: Vec<Value> = guarded(&self.breaker, deadline, retry_transient, || {
+            shared::scripts::REPLY_AND_ACK.evalsha_with_reload(
+                &self.commands,
+                keys.clone(),
+                args.clone(),
+            )
         })
         .await
         .map_err(into_error)
@@ -173,14 +148,18 @@ impl Responder {
                 ),
             ));
         }
-        Ok(results.into_iter().map(delivery_of).collect())
+        let outcomes: Vec<Result<Delivery, Error>> = results.into_iter().map(delivery_of).collect();
+        for outcome in &outcomes {
+            self.memory.observe(outcome);
+        }
+        Ok(outcomes)
     }
 
     /// XACK and XDEL of a handled entry in one round trip: acknowledged entries are deleted
     /// so the request stream holds only what is waiting or being processed. Retries
     /// transient failures until `deadline`.
     pub async fn acknowledge(&self, entry_id: &str, deadline: Instant) -> Result<(), Error> {
-        guarded(&self.breaker, deadline, is_transient, || async {
+        guarded(&self.breaker, deadline, retry_transient, || async {
             let pipeline = self.commands.pipeline();
             let _: () = pipeline
                 .xack(self.request_stream.as_str(), self.group.as_str(), entry_id)
@@ -222,7 +201,7 @@ struct PendingReply {
 }
 
 /// The terminals' way to reply: a group-commit writer ([`Batcher`]) that sends every reply
-/// waiting at that moment in one [`REPLY_AND_ACK`] call. Cheap to clone.
+/// waiting at that moment in one `reply_and_ack.lua` call. Cheap to clone.
 #[derive(Clone)]
 pub struct ReplyQueue {
     writer: Batcher<PendingReply, Result<Delivery, Error>>,

@@ -10,7 +10,7 @@ use anyhow::Context;
 use fred::prelude::*;
 use shared::redis::{connect, ensure_group, wait_connected};
 use shared::resilience::CircuitBreaker;
-use shared::streams::spawn_sampler;
+use shared::streams::{SamplerSettings, spawn_sampler};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -44,8 +44,8 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {} (LISTEN_ADDR)", config.listen_addr))?;
-        let commands = connect(&config.redis.redis_url).context("invalid REDIS_URL")?;
-        let blocking = connect(&config.redis.redis_url).context("invalid REDIS_URL")?;
+        let commands = connect(&config.redis).context("invalid REDIS_URL")?;
+        let blocking = connect(&config.redis).context("invalid REDIS_URL")?;
         let breaker = Arc::new(CircuitBreaker::new("proxy", config.breaker.settings()));
         let reconnect_breaker = breaker.clone();
         let _reconnect_listener = commands.on_reconnect(move |_server| {
@@ -97,10 +97,13 @@ impl Application {
         let background = CancellationToken::new();
         let stream_stats = spawn_sampler(
             commands.clone(),
-            stream.clone(),
-            group.clone(),
-            vec![dead_letter_stream.clone()],
-            SAMPLE_INTERVAL,
+            SamplerSettings {
+                stream: stream.clone(),
+                group: group.clone(),
+                also_measure: vec![dead_letter_stream.clone()],
+                interval: SAMPLE_INTERVAL,
+                live_idle: None,
+            },
             background.clone(),
         );
         let terminal_stats = Arc::new(TerminalStats {
@@ -109,7 +112,14 @@ impl Application {
         });
         let faults = Arc::new(FailureInjection::default());
         let dead_letters = DeadLetters::new(commands.clone(), &dead_letter_stream, &stream);
-        let responder = Responder::new(commands.clone(), &stream, &group, breaker.clone());
+        let memory = Arc::new(shared::redis::MemoryState::default());
+        let responder = Responder::new(
+            commands.clone(),
+            &stream,
+            &group,
+            breaker.clone(),
+            memory.clone(),
+        );
         let terminal = Terminal {
             processor: Processor::new(config.processing_delay_ms),
             responder: responder.clone(),
@@ -147,6 +157,7 @@ impl Application {
             stream_stats,
             terminals: terminal_stats,
             breaker,
+            memory,
             faults,
             dead_letters,
             identity: Arc::new(Identity {

@@ -10,8 +10,9 @@ use crate::state::AppState;
 async fn report(state: &AppState) -> HealthReport {
     HealthReport::check(
         &state.redis,
-        &state.stream_stats,
+        &state.queue.stats,
         &state.breaker,
+        state.memory.is_out_of_memory(),
         state.admission.is_draining(),
         state.admission.in_flight(),
     )

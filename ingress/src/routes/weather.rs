@@ -36,8 +36,8 @@ pub const REQUEST_TIMEOUT_HEADER: &str = "request-timeout";
         (status = 413, description = "Body over the size limit (16 KiB by default)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The proxy replied with an error", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded, draining or Redis unreachable; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "No reply before the deadline", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not queued: overloaded, queue too long for the deadline, no proxy reading, draining, or Redis unreachable / out of memory; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "No reply before the deadline (the request may still be processed), or Redis did not confirm the write", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn city_forecast(
@@ -75,8 +75,8 @@ pub async fn city_forecast(
         (status = 200, description = "Five days of sample forecast", body = [DailyForecast]),
         (status = 400, description = "Invalid headers", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The proxy replied with an error", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded, draining or Redis unreachable; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "No reply before the deadline", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Not queued: overloaded, queue too long for the deadline, no proxy reading, draining, or Redis unreachable / out of memory; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "No reply before the deadline (the request may still be processed), or Redis did not confirm the write", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn sample_forecast(
@@ -104,11 +104,12 @@ async fn forward(
     payload: String,
 ) -> Result<Response, ApiError> {
     let timeout = requested_timeout(headers, state.request_timeout)?;
-    let _in_flight = state.admission.admit()?;
+    let _in_flight = state.admission.admit(&state.queue, timeout)?;
     let reply = state
         .broker
         .call(Call {
             request_id: request_id.as_str(),
+            queue: &state.queue,
             operation,
             payload,
             timeout,
@@ -127,12 +128,17 @@ async fn forward(
         )
             .into_response()),
         ReplyStatus::Error { code, message } => {
-            tracing::warn!(
-                code,
-                message,
-                proxy = reply.proxy,
-                "proxy replied with an error"
-            );
+            static PROXY_ERROR: shared::telemetry::LogLimiter =
+                shared::telemetry::LogLimiter::new(5);
+            if let Some(suppressed) = PROXY_ERROR.check() {
+                tracing::warn!(
+                    code,
+                    message,
+                    proxy = reply.proxy,
+                    suppressed,
+                    "proxy replied with an error"
+                );
+            }
             Err(ApiError::Proxy { code, message })
         }
     }
@@ -142,7 +148,9 @@ async fn forward(
 fn count_refusal(err: &CallError) {
     let reason = match err {
         CallError::RedisUnavailable(_) => "redis_unavailable",
+        CallError::RedisOutOfMemory => "redis_out_of_memory",
         CallError::CircuitOpen(_) => "circuit_open",
+        CallError::BacklogFull(_) => "backlog_limit",
         _ => return,
     };
     metrics::counter!("ingress_rejections_total", "reason" => reason).increment(1);

@@ -30,6 +30,8 @@ pub struct ProxyState {
     pub terminals: Arc<TerminalStats>,
     /// Circuit breaker around Redis.
     pub breaker: Arc<CircuitBreaker>,
+    /// Whether Redis refuses writes for lack of memory (readiness reports it).
+    pub memory: Arc<shared::redis::MemoryState>,
     /// Failure injection settings.
     pub faults: Arc<FailureInjection>,
     /// The dead-letter stream.

@@ -71,6 +71,7 @@ async fn report(state: &ProxyState) -> HealthReport {
         &state.redis,
         &state.stream_stats,
         &state.breaker,
+        state.memory.is_out_of_memory(),
         state.terminals.draining.load(Ordering::Acquire),
         state.terminals.busy.load(Ordering::Acquire),
     )
