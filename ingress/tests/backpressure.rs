@@ -59,7 +59,10 @@ async fn the_proxy_never_reads_more_than_its_terminals() {
 async fn past_max_in_flight_new_requests_get_503_with_retry_after() {
     let stack = Stack::start(StackOptions {
         proxies: 0,
-        ingress_env: vec![("MAX_IN_FLIGHT", "2".into())],
+        ingress_env: vec![
+            ("MAX_IN_FLIGHT", "2".into()),
+            ("NO_CONSUMER_GRACE", "1h".into()),
+        ],
         ..Default::default()
     })
     .await;
@@ -103,34 +106,34 @@ async fn past_max_in_flight_new_requests_get_503_with_retry_after() {
 async fn past_max_backlog_new_requests_get_503_before_reaching_redis() {
     let stack = Stack::start(StackOptions {
         proxies: 0,
-        ingress_env: vec![("MAX_BACKLOG", "3".into())],
+        ingress_env: vec![
+            ("MAX_BACKLOG", "3".into()),
+            ("NO_CONSUMER_GRACE", "1h".into()),
+        ],
         ..Default::default()
     })
     .await;
-    let http = stack.http.clone();
-    let url = format!("{}/WeatherForecast/city", stack.ingress().url);
-    // With no proxy, every request stays in the stream; soon the sampled backlog is over 3.
-    wait_until("a backlog-full refusal", Duration::from_secs(10), || {
-        let http = http.clone();
-        let url = url.clone();
-        async move {
-            let response = http
-                .post(url)
-                .header("Request-Timeout", "50ms")
-                .json(&serde_json::json!({"city": "Riga"}))
-                .send()
-                .await
-                .expect("POST");
-            response.status() == 503
-                && response
-                    .json::<serde_json::Value>()
+    // With no proxy, three waiting requests fill the backlog.
+    let waiting: Vec<_> = (0..3)
+        .map(|i| {
+            let http = stack.http.clone();
+            let url = format!("{}/WeatherForecast/city", stack.ingress().url);
+            tokio::spawn(async move {
+                http.post(url)
+                    .header("Request-Timeout", "30s")
+                    .json(&serde_json::json!({"city": "Riga", "location": format!("{i}")}))
+                    .send()
                     .await
-                    .map(|b| b["type"] == "urn:problem:broker:backlog-full")
-                    .unwrap_or(false)
-        }
+                    .ok()
+            })
+        })
+        .collect();
+    let redis = stack.redis_client().await;
+    wait_until("3 requests in the stream", Duration::from_secs(15), || {
+        let redis = redis.clone();
+        async move { stream_len(&redis, REQUEST_STREAM).await == 3 }
     })
     .await;
-    let redis = stack.redis_client().await;
     let length = stream_len(&redis, REQUEST_STREAM).await;
     let response = stack.post_city("Riga", "again", None).await;
     assert_eq!(
@@ -146,4 +149,7 @@ async fn past_max_backlog_new_requests_get_503_before_reaching_redis() {
         length,
         "a refused request is not written"
     );
+    for task in waiting {
+        task.abort();
+    }
 }

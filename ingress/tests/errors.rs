@@ -150,10 +150,10 @@ async fn bad_input_gets_a_problem_body_with_the_right_status() {
 }
 
 #[tokio::test]
-async fn a_request_without_a_reply_gets_504_and_the_proxy_drops_it_later() {
+async fn a_request_without_a_reply_gets_504_and_is_never_processed() {
     let stack = Stack::start(StackOptions {
         proxy_env: vec![
-            ("PROCESSING_DELAY_MS", "1200".into()),
+            ("PROCESSING_DELAY_MS", "3000".into()),
             ("TERMINALS", "1".into()),
         ],
         ..Default::default()
@@ -161,7 +161,7 @@ async fn a_request_without_a_reply_gets_504_and_the_proxy_drops_it_later() {
     .await;
     let redis = stack.redis_client().await;
 
-    // A occupies the only terminal for 1.2 s.
+    // A occupies the only terminal for 3 s.
     let slow = {
         let http = stack.http.clone();
         let url = format!("{}/WeatherForecast/city", stack.ingress().url);
@@ -173,7 +173,7 @@ async fn a_request_without_a_reply_gets_504_and_the_proxy_drops_it_later() {
                 .expect("POST A")
         })
     };
-    testkit::wait_until("A in the terminal", Duration::from_secs(5), || {
+    testkit::wait_until("A in the terminal", Duration::from_secs(15), || {
         let redis = redis.clone();
         async move { group_pending(&redis).await == 1 }
     })
@@ -193,15 +193,15 @@ async fn a_request_without_a_reply_gets_504_and_the_proxy_drops_it_later() {
     let elapsed = started.elapsed();
     let body = assert_problem(response, 504).await;
     assert_eq!(body["requestId"], "short-deadline");
+    // Not before its deadline, and well before the 30 s default.
     assert!(
-        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2),
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(10),
         "504 after {elapsed:?}"
     );
 
     assert_forecast(slow.await.expect("A"), "Rome", "Trastevere", None).await;
-    // When the terminal frees up, B is acknowledged and dropped, not processed.
-    wait_metric(&stack.proxies[0], "proxy_expired_total", 1.0).await;
-    testkit::wait_until("request stream empty", Duration::from_secs(5), || {
+    // B was withdrawn from the stream with its 504: no proxy ever reads it.
+    testkit::wait_until("request stream empty", Duration::from_secs(15), || {
         let redis = redis.clone();
         async move { stream_len(&redis, REQUEST_STREAM).await == 0 && group_pending(&redis).await == 0 }
     })
@@ -209,6 +209,11 @@ async fn a_request_without_a_reply_gets_504_and_the_proxy_drops_it_later() {
     let processed_ok = stack.proxies[0]
         .metric_sum("proxy_processed_total{operation=\"weather.city\",outcome=\"ok\"}")
         .await;
+    assert_eq!(
+        stack.proxies[0].metric_sum("proxy_expired_total").await,
+        0.0,
+        "B was never even read"
+    );
     assert_eq!(processed_ok, 1.0, "only A was processed");
 }
 
@@ -216,6 +221,7 @@ async fn a_request_without_a_reply_gets_504_and_the_proxy_drops_it_later() {
 async fn a_request_id_already_in_flight_gets_409() {
     let stack = Stack::start(StackOptions {
         proxies: 0,
+        ingress_env: vec![("NO_CONSUMER_GRACE", "1h".into())],
         ..Default::default()
     })
     .await;
@@ -250,9 +256,13 @@ async fn a_request_id_already_in_flight_gets_409() {
 #[tokio::test]
 async fn redis_down_means_503_at_once_and_not_ready() {
     let nobody = free_port();
+    // A long command timeout: waiting for it (the old behaviour) would take 30 s.
     let ingress = Service::start_live(
         "ingress",
-        &[("REDIS_URL", format!("redis://127.0.0.1:{nobody}"))],
+        &[
+            ("REDIS_URL", format!("redis://127.0.0.1:{nobody}")),
+            ("REDIS_COMMAND_TIMEOUT", "30s".into()),
+        ],
     )
     .await;
     let http = reqwest::Client::new();
@@ -267,7 +277,7 @@ async fn redis_down_means_503_at_once_and_not_ready() {
     assert!(response.headers().contains_key("retry-after"));
     let body = assert_problem(response, 503).await;
     assert_eq!(body["type"], "urn:problem:broker:redis-unavailable");
-    assert!(elapsed < Duration::from_millis(500), "503 took {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "503 took {elapsed:?}");
 
     let ready = http
         .get(format!("{}/health/ready", ingress.url))

@@ -181,7 +181,7 @@ async fn streams_stay_bounded_after_two_thousand_requests() {
         "request stream held {max_len} entries with only {concurrency} clients"
     );
     // Every entry was deleted when it was answered (the last XDELs may still be in flight).
-    wait_until("processed entries deleted", Duration::from_secs(5), || {
+    wait_until("processed entries deleted", Duration::from_secs(15), || {
         let redis = redis.clone();
         async move { stream_len(&redis, REQUEST_STREAM).await == 0 }
     })
@@ -193,7 +193,7 @@ async fn streams_stay_bounded_after_two_thousand_requests() {
         "one reply stream per ingress: {reply_streams:?}"
     );
     let reply_stream = reply_streams[0].clone();
-    wait_until("reply stream trimmed", Duration::from_secs(5), || {
+    wait_until("reply stream trimmed", Duration::from_secs(15), || {
         let redis = redis.clone();
         let key = reply_stream.clone();
         async move { stream_len(&redis, &key).await <= 2 }

@@ -34,7 +34,7 @@ fn spawn_requests(
 async fn sigterm_to_the_proxy_finishes_every_entry_it_holds() {
     let mut stack = Stack::start(StackOptions {
         proxy_env: vec![
-            ("PROCESSING_DELAY_MS", "1500".into()),
+            ("PROCESSING_DELAY_MS", "3000".into()),
             ("TERMINALS", "5".into()),
         ],
         ..Default::default()
@@ -42,7 +42,7 @@ async fn sigterm_to_the_proxy_finishes_every_entry_it_holds() {
     .await;
     let redis = stack.redis_client().await;
     let requests = spawn_requests(&stack, 5, "proxy-term");
-    wait_until("5 entries in terminals", Duration::from_secs(5), || {
+    wait_until("5 entries in terminals", Duration::from_secs(15), || {
         let redis = redis.clone();
         async move { group_pending(&redis).await == 5 }
     })
@@ -76,7 +76,7 @@ async fn sigterm_to_the_proxy_finishes_every_entry_it_holds() {
 async fn sigterm_to_the_ingress_answers_requests_in_flight_and_refuses_new_ones() {
     let mut stack = Stack::start(StackOptions {
         proxy_env: vec![
-            ("PROCESSING_DELAY_MS", "1500".into()),
+            ("PROCESSING_DELAY_MS", "3000".into()),
             ("TERMINALS", "5".into()),
         ],
         ..Default::default()
@@ -91,7 +91,7 @@ async fn sigterm_to_the_ingress_answers_requests_in_flight_and_refuses_new_ones(
     stack.ingress().sigterm();
     let ready_url = format!("{}/health/ready", stack.ingress().url);
     let http = stack.http.clone();
-    wait_until("ingress reports not ready", Duration::from_secs(5), || {
+    wait_until("ingress reports not ready", Duration::from_secs(15), || {
         let http = http.clone();
         let url = ready_url.clone();
         async move {

@@ -20,6 +20,7 @@ type Entries = Vec<(String, HashMap<String, String>)>;
 fn reply(request_id: &str) -> ReplyEntry {
     ReplyEntry {
         request_id: request_id.to_string(),
+        token: Some(format!("t-{request_id}")),
         status: ReplyStatus::Ok,
         payload: format!("{{\"n\":\"{request_id}\"}}"),
         proxy: "test-proxy".to_string(),
@@ -56,7 +57,13 @@ async fn queue(server: &RedisServer) -> ReplyQueue {
             open_duration: Duration::from_secs(1),
         },
     ));
-    ReplyQueue::start(Responder::new(client, REQUESTS, GROUP, breaker))
+    ReplyQueue::start(Responder::new(
+        client,
+        REQUESTS,
+        GROUP,
+        breaker,
+        Default::default(),
+    ))
 }
 
 async fn pending_count(redis: &Client) -> u64 {

@@ -231,3 +231,81 @@ pub async fn keys(redis: &Client, pattern: &str) -> Vec<String> {
         .await
         .expect("KEYS")
 }
+
+/// A request entry taken from the request stream by the test itself, acting as a proxy.
+pub type Fields = std::collections::HashMap<String, String>;
+
+/// Reads the next request entry as consumer `consumer` of the group (waits up to 15 s).
+pub async fn take_request(redis: &Client, consumer: &str) -> Fields {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply: fred::types::Value = redis
+            .xreadgroup(
+                GROUP,
+                consumer,
+                Some(1),
+                Some(500),
+                false,
+                REQUEST_STREAM,
+                ">",
+            )
+            .await
+            .expect("XREADGROUP");
+        let entries = shared::streams::read_entries(reply).expect("entries");
+        if let Some(entry) = entries.into_iter().next() {
+            return entry.fields;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no request entry arrived within 15 s"
+        );
+    }
+}
+
+/// Writes an `ok` reply with `payload` for `request` to its reply stream, carrying `token`
+/// (pass the request's own token to answer it, another to play a stale reply).
+pub async fn write_reply(redis: &Client, request: &Fields, token: Option<&str>, payload: &str) {
+    let mut fields = vec![
+        ("id", request["id"].clone()),
+        ("status", "ok".to_string()),
+        ("payload", payload.to_string()),
+        ("proxy", "test-worker".to_string()),
+    ];
+    if let Some(token) = token {
+        fields.push(("token", token.to_string()));
+    }
+    let _: Option<String> = redis
+        .xadd(request["reply_to"].as_str(), true, None, "*", fields)
+        .await
+        .expect("XADD reply");
+}
+
+/// CONFIG SET `name` `value` on the test's Redis.
+pub async fn config_set(redis: &Client, name: &str, value: &str) {
+    let _: fred::types::Value = redis
+        .custom(
+            fred::types::CustomCommand::new_static("CONFIG", None, false),
+            vec!["SET", name, value],
+        )
+        .await
+        .expect("CONFIG SET");
+}
+
+/// Entries ever added to the request stream (XINFO STREAM `entries-added`).
+pub async fn entries_added(redis: &Client) -> u64 {
+    let info: std::collections::HashMap<String, Value> = redis
+        .xinfo_stream::<fred::types::Value, _>(REQUEST_STREAM, false, None)
+        .await
+        .ok()
+        .and_then(|value| value.into_map().ok())
+        .map(|map| {
+            map.inner()
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_string(), json!(v.as_u64()))))
+                .collect()
+        })
+        .unwrap_or_default();
+    info.get("entries-added")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}

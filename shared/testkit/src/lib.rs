@@ -110,6 +110,27 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered — what a
+    /// stalled Redis (a long script, a swapping host, a paused VM) looks like to clients.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a paused server run again (SIGCONT); it then answers what queued meanwhile.
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("redis-server is running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .expect("signal redis-server");
+    }
+
     /// Starts the server again on the same port and directory (AOF, if enabled, is replayed).
     pub async fn restart(&mut self) {
         self.kill().await;
