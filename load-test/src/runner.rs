@@ -189,6 +189,7 @@ impl Shared {
     /// Sends request `n` unless interrupted; `None` means it was abandoned.
     async fn send(&self, n: u64) -> Option<Result<(), crate::verify::Failure>> {
         let id = format!("{}-{n}", self.id_prefix);
+        self.live.start();
         tokio::select! {
             biased;
             _ = self.cancel.cancelled() => None,
@@ -264,9 +265,13 @@ async fn run_closed(
     let timer = match stop {
         Stop::Duration(d) => {
             let phase = phase.clone();
+            let live = Arc::clone(&shared.live);
             Some(tokio::spawn(async move {
                 tokio::select! {
-                    _ = tokio::time::sleep(d) => phase.cancel(),
+                    _ = tokio::time::sleep(d) => {
+                        live.stop_sending();
+                        phase.cancel();
+                    }
                     _ = phase.cancelled() => {}
                 }
             }))
@@ -301,6 +306,7 @@ async fn run_closed(
                 }
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= limit {
+                    shared.live.stop_sending();
                     break;
                 }
                 let sent = Instant::now();
@@ -350,6 +356,7 @@ async fn run_profile(shared: &Arc<Shared>, stages: &[Stage]) -> anyhow::Result<L
                         });
                     }
                     None => {
+                        live.stop_sending();
                         done.cancel();
                         break;
                     }
@@ -426,6 +433,7 @@ async fn run_open(
         });
         i += 1;
     }
+    shared.live.stop_sending();
     // Wait for everything still in flight: all slots free again.
     let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
     let _ = slots.acquire_many(all).await;
