@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::config::Mode;
 use crate::profile::{Profile, Stage};
+use crate::schedule::{LATE_THRESHOLD, Lag, STALL_THRESHOLD};
 use crate::stats::LatencySummary;
 
 /// Exit code when the run passed.
@@ -40,8 +41,54 @@ pub struct ScheduleReport {
     pub late_sends: u64,
     /// The lateness threshold.
     pub late_threshold_ms: f64,
-    /// Largest lag between intended and actual send time.
+    /// Largest lag between intended and actual send time (the worst lateness).
     pub max_lag_ms: f64,
+    /// Sends made, late or not.
+    pub sends: u64,
+    /// `lateSends / sends` (0 when nothing was sent).
+    pub late_fraction: f64,
+    /// `--max-late-fraction`: a larger `lateFraction` means the generator fell behind.
+    pub max_late_fraction: f64,
+    /// A single send more than this late also means the generator fell behind.
+    pub stall_threshold_ms: f64,
+    /// Whether the generator fell behind (too many late sends, or one stall),
+    /// i.e. the service did not receive the target rate as a steady stream.
+    pub fell_behind: bool,
+}
+
+impl ScheduleReport {
+    /// Summarises the generator's lag against `--max-late-fraction`.
+    pub fn new(lag: &Lag, max_late_fraction: f64) -> Self {
+        Self {
+            late_sends: lag.late,
+            late_threshold_ms: LATE_THRESHOLD.as_secs_f64() * 1000.0,
+            max_lag_ms: lag.max.as_secs_f64() * 1000.0,
+            sends: lag.sends,
+            late_fraction: lag.late_fraction(),
+            max_late_fraction,
+            stall_threshold_ms: STALL_THRESHOLD.as_secs_f64() * 1000.0,
+            fell_behind: lag.fell_behind(max_late_fraction),
+        }
+    }
+
+    /// Why the generator counts as fallen behind (empty when it did not).
+    fn reasons(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.late_sends > 0 && self.late_fraction > self.max_late_fraction {
+            out.push(format!(
+                "more than {} of sends late",
+                format_percent(self.max_late_fraction)
+            ));
+        }
+        if self.max_lag_ms > self.stall_threshold_ms {
+            out.push(format!(
+                "one send {} ms late (a stall of over {} ms)",
+                format_ms(self.max_lag_ms),
+                self.stall_threshold_ms
+            ));
+        }
+        out
+    }
 }
 
 /// The result of a run; printed as text or JSON, and returned by [`crate::run`].
@@ -241,16 +288,22 @@ impl Report {
         if let Some(s) = &self.schedule {
             let _ = writeln!(
                 out,
-                "  schedule      {} sends late (> {} ms behind schedule), max lag {} ms{}",
+                "  schedule      {} of {} sends late ({}, > {} ms behind schedule), max lag {} ms",
                 s.late_sends,
+                s.sends,
+                format_percent(s.late_fraction),
                 s.late_threshold_ms,
                 format_ms(s.max_lag_ms),
-                if s.late_sends > 0 {
-                    " — the generator (or --max-in-flight) could not keep up; latency includes that wait"
-                } else {
-                    ""
-                }
             );
+            let reasons = s.reasons();
+            if !reasons.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "    WARNING     the generator fell behind ({}): it (or --max-in-flight) could not keep up, so the service did not receive a steady {} req/s; latency includes the wait",
+                    reasons.join("; "),
+                    self.target_rate.unwrap_or_default(),
+                );
+            }
         }
         if !self.sample_errors.is_empty() {
             let _ = writeln!(out, "  first errors");
@@ -324,11 +377,14 @@ mod tests {
                 p999: 3.0,
                 max: 4.0,
             }),
-            schedule: Some(ScheduleReport {
-                late_sends: 3,
-                late_threshold_ms: 5.0,
-                max_lag_ms: 7.5,
-            }),
+            schedule: Some(ScheduleReport::new(
+                &Lag {
+                    sends: 4000,
+                    late: 3,
+                    max: std::time::Duration::from_micros(7500),
+                },
+                0.01,
+            )),
             sample_errors: vec!["lt-0a1b2c3d-17: HTTP 503: Service Unavailable: overloaded".into()],
         }
     }
@@ -382,9 +438,13 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("3 sends late (> 5 ms behind schedule), max lag 7.500 ms"),
+            text.contains(
+                "schedule      3 of 4000 sends late (0.075%, > 5 ms behind schedule), max lag 7.500 ms\n"
+            ),
             "{text}"
         );
+        assert!(!text.contains("WARNING"), "{text}");
+        assert!(!text.contains("could not keep up"), "{text}");
         assert!(text.contains("HTTP 503"), "{text}");
         assert!(
             text.ends_with("PASS: error rate 0.050% (allowed 0.100%)\n"),
@@ -457,7 +517,52 @@ mod tests {
             ["max", "mean", "min", "p50", "p90", "p99", "p999"]
         );
         assert_eq!(v["schedule"]["lateSends"], 3);
+        assert_eq!(v["schedule"]["maxLagMs"], 7.5);
+        assert_eq!(v["schedule"]["lateThresholdMs"], 5.0);
+        assert_eq!(v["schedule"]["sends"], 4000);
+        assert_eq!(v["schedule"]["lateFraction"], 0.00075);
+        assert_eq!(v["schedule"]["maxLateFraction"], 0.01);
+        assert_eq!(v["schedule"]["stallThresholdMs"], 1000.0);
+        assert_eq!(v["schedule"]["fellBehind"], false);
         assert_eq!(v["passed"], true);
+    }
+
+    #[test]
+    fn falling_behind_warns_with_the_reason() {
+        let mut r = sample();
+        r.schedule = Some(ScheduleReport::new(
+            &Lag {
+                sends: 4000,
+                late: 41,
+                max: std::time::Duration::from_millis(30),
+            },
+            0.01,
+        ));
+        let text = r.to_text();
+        assert!(
+            text.contains("schedule      41 of 4000 sends late (1.025%"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "WARNING     the generator fell behind (more than 1.000% of sends late): it (or --max-in-flight) could not keep up, so the service did not receive a steady 2000 req/s"
+            ),
+            "{text}"
+        );
+        r.schedule = Some(ScheduleReport::new(
+            &Lag {
+                sends: 4000,
+                late: 1,
+                max: std::time::Duration::from_millis(1500),
+            },
+            0.01,
+        ));
+        let text = r.to_text();
+        assert!(
+            text.contains("fell behind (one send 1500.000 ms late (a stall of over 1000 ms))"),
+            "{text}"
+        );
+        assert_eq!(r.schedule.map(|s| s.fell_behind), Some(true));
     }
 
     #[test]

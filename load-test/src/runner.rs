@@ -24,7 +24,7 @@ use crate::config::{Config, Mode, Stop};
 use crate::profile::{self, Stage};
 use crate::progress::{Goal, Progress};
 use crate::report::{LatencyOrigin, Report, ScheduleReport, error_rate, passes};
-use crate::schedule::{LATE_THRESHOLD, Lag, RateSchedule};
+use crate::schedule::{Lag, RateSchedule};
 use crate::stats::{Live, Recorder};
 
 /// How often a profile's controller re-computes the number of active users.
@@ -493,11 +493,7 @@ fn build_report(
         },
         latency_ms: rec.latency(),
         service_latency_ms: if open { rec.service_latency() } else { None },
-        schedule: open.then(|| ScheduleReport {
-            late_sends: out.lag.late,
-            late_threshold_ms: LATE_THRESHOLD.as_secs_f64() * 1000.0,
-            max_lag_ms: out.lag.max.as_secs_f64() * 1000.0,
-        }),
+        schedule: open.then(|| ScheduleReport::new(&out.lag, config.max_late_fraction)),
         sample_errors: rec.samples().to_vec(),
     }
 }

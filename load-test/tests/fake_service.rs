@@ -21,6 +21,8 @@ enum Behavior {
     Shed,
     /// `/healthz` says 503.
     Unhealthy,
+    /// Every reply is held back this long: a service slower than the rate.
+    Slow(Duration),
 }
 
 struct Server {
@@ -104,6 +106,9 @@ async fn handle(mut sock: TcpStream, server: Arc<Server>) {
         } else if request_line.starts_with("POST /WeatherForecast/city") {
             let n = server.seen.fetch_add(1, Ordering::Relaxed);
             let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if let Behavior::Slow(d) = server.behavior {
+                tokio::time::sleep(d).await;
+            }
             match server.behavior {
                 Behavior::Shed if n.is_multiple_of(4) => (
                     "503 Service Unavailable",
@@ -230,11 +235,46 @@ async fn rate_mode_measures_from_intended_send_time() {
     assert_eq!(report.requests, 100);
     // 100 requests at 500/s: the last is scheduled at 198 ms.
     assert!(report.duration_secs >= 0.19, "{}", report.duration_secs);
-    assert!(report.schedule.is_some());
+    let schedule = report.schedule.expect("rate mode reports its schedule");
+    assert_eq!(schedule.sends, 100);
     assert!(report.service_latency_ms.is_some());
     assert_eq!(report.concurrency, None);
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(json["latencyFrom"], "intendedSend");
+}
+
+/// A service slower than the rate with one request allowed in flight: every
+/// send after the first waits for the previous 50 ms reply, so it leaves at
+/// least 45 ms x its index behind its 5 ms slot, far past the 5 ms lateness
+/// threshold on any host. That is falling behind, and the report says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_mode_warns_when_the_generator_falls_behind() {
+    let (url, _) = start(Behavior::Slow(Duration::from_millis(50))).await;
+    let report = run(&Config {
+        mode: Mode::Rate,
+        rate: Some(200.0),
+        stop: Stop::Count(20),
+        max_in_flight: 1,
+        ..config(&url)
+    })
+    .await
+    .unwrap();
+    assert!(report.passed, "{}", report.to_text());
+    let schedule = report.schedule.expect("rate mode reports its schedule");
+    assert_eq!(schedule.sends, 20);
+    assert!(schedule.late_sends >= 19, "{}", report.to_text());
+    // Request 19 waited for 19 replies of at least 50 ms but was due at 95 ms.
+    assert!(schedule.max_lag_ms >= 19.0 * 45.0, "{}", report.to_text());
+    assert!(schedule.fell_behind);
+    let text = report.to_text();
+    assert!(text.contains("sends late"), "{text}");
+    assert!(
+        text.contains("WARNING     the generator fell behind (more than 1.000% of sends late"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["schedule"]["fellBehind"], true);
+    assert_eq!(json["schedule"]["sends"], 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
