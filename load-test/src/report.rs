@@ -129,8 +129,16 @@ pub struct Report {
     pub max_error_rate: f64,
     /// Whether the run passes, i.e. exits 0.
     pub passed: bool,
-    /// Finished requests per second of wall-clock time.
+    /// Finished requests (failures included) per second of wall-clock time.
+    /// Kept for existing scripts; the same number as `requestsPerSecond`.
     pub throughput_rps: f64,
+    /// Finished requests, failures included, per second: the load the
+    /// service answered, not how much of it was useful.
+    pub requests_per_second: f64,
+    /// Successful requests per second: the useful throughput. A service that
+    /// sheds nearly everything with fast 503s has a high `requestsPerSecond`
+    /// and a low `successesPerSecond`.
+    pub successes_per_second: f64,
     /// Failures per kind; every kind is present.
     pub failures_by_kind: BTreeMap<String, u64>,
     /// Failures per HTTP status, for `status` failures.
@@ -162,6 +170,11 @@ pub fn error_rate(requests: u64, failures: u64) -> f64 {
 /// allowed. With the default `max_error_rate` of 0 any failure fails the run.
 pub fn passes(requests: u64, failures: u64, max_error_rate: f64) -> bool {
     requests > 0 && error_rate(requests, failures) <= max_error_rate
+}
+
+/// `n` per second over `secs` (0 when no time passed).
+pub fn per_second(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
 
 /// Exit code for a finished run.
@@ -219,8 +232,13 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "  requests      {} in {:.3} s ({:.1} req/s)",
-            self.requests, self.duration_secs, self.throughput_rps
+            "  requests      {} in {:.3} s",
+            self.requests, self.duration_secs
+        );
+        let _ = writeln!(
+            out,
+            "  throughput    {:.1} req/s successful, {:.1} req/s in total (failures included)",
+            self.successes_per_second, self.requests_per_second
         );
         let _ = writeln!(out, "  successes     {}", self.successes);
         let _ = writeln!(
@@ -356,6 +374,8 @@ mod tests {
             max_error_rate: 0.001,
             passed: passes(4000, 2, 0.001),
             throughput_rps: 2000.0,
+            requests_per_second: 2000.0,
+            successes_per_second: 1999.0,
             failures_by_kind: by_kind,
             failures_by_status: [("503".to_string(), 2)].into_iter().collect(),
             latency_from: LatencyOrigin::IntendedSend,
@@ -426,8 +446,11 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(text.contains("requests      4000 in 2.000 s\n"), "{text}");
         assert!(
-            text.contains("requests      4000 in 2.000 s (2000.0 req/s)"),
+            text.contains(
+                "throughput    1999.0 req/s successful, 2000.0 req/s in total (failures included)\n"
+            ),
             "{text}"
         );
         assert!(text.contains("failures      2 (0.050%)"), "{text}");
@@ -486,6 +509,8 @@ mod tests {
             "maxErrorRate",
             "passed",
             "throughputRps",
+            "requestsPerSecond",
+            "successesPerSecond",
             "failuresByKind",
             "failuresByStatus",
             "latencyFrom",
@@ -524,7 +549,30 @@ mod tests {
         assert_eq!(v["schedule"]["maxLateFraction"], 0.01);
         assert_eq!(v["schedule"]["stallThresholdMs"], 1000.0);
         assert_eq!(v["schedule"]["fellBehind"], false);
+        assert_eq!(v["throughputRps"], 2000.0);
+        assert_eq!(v["requestsPerSecond"], 2000.0);
+        assert_eq!(v["successesPerSecond"], 1999.0);
         assert_eq!(v["passed"], true);
+    }
+
+    /// The issue: 7 600 req/s reported when 99.97 % were 503s. The headline
+    /// must say how much of it was successful.
+    #[test]
+    fn throughput_of_a_shedding_service_is_split() {
+        let mut r = sample();
+        r.requests = 228_000;
+        r.successes = 68;
+        r.failures = 227_932;
+        r.duration_secs = 30.0;
+        r.throughput_rps = 7600.0;
+        r.requests_per_second = per_second(228_000, 30.0);
+        r.successes_per_second = per_second(68, 30.0);
+        let text = r.to_text();
+        assert!(
+            text.contains("throughput    2.3 req/s successful, 7600.0 req/s in total"),
+            "{text}"
+        );
+        assert_eq!(per_second(5, 0.0), 0.0);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::client::Target;
 use crate::config::{Config, Mode, Stop};
 use crate::profile::{self, Stage};
 use crate::progress::{Goal, Progress};
-use crate::report::{LatencyOrigin, Report, ScheduleReport, error_rate, passes};
+use crate::report::{LatencyOrigin, Report, ScheduleReport, error_rate, passes, per_second};
 use crate::schedule::{Lag, RateSchedule};
 use crate::stats::{Live, Recorder};
 
@@ -479,11 +479,9 @@ fn build_report(
         error_rate: error_rate(requests, failures),
         max_error_rate: config.max_error_rate,
         passed: passes(requests, failures, config.max_error_rate),
-        throughput_rps: if secs > 0.0 {
-            requests as f64 / secs
-        } else {
-            0.0
-        },
+        throughput_rps: per_second(requests, secs),
+        requests_per_second: per_second(requests, secs),
+        successes_per_second: per_second(rec.successes(), secs),
         failures_by_kind: rec.failures_by_kind(),
         failures_by_status: rec.failures_by_status(),
         latency_from: if open {

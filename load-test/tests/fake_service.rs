@@ -220,6 +220,37 @@ async fn shed_load_is_counted_by_status_and_error_rate_decides() {
     assert!(report.passed, "25% allowed: {}", report.to_text());
 }
 
+/// The issue: a service answering nearly everything with fast 503s got a
+/// headline throughput that counted the 503s. Successful and total
+/// throughput are reported separately, over the same wall-clock time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successful_and_total_throughput_are_separate() {
+    let (url, _) = start(Behavior::Shed).await;
+    let report = run(&Config {
+        stop: Stop::Count(200),
+        max_error_rate: 1.0,
+        ..config(&url)
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.successes, 150, "{}", report.to_text());
+    assert!(report.requests_per_second > 0.0);
+    let ratio = report.successes_per_second / report.requests_per_second;
+    assert!((ratio - 0.75).abs() < 1e-9, "{ratio}");
+    assert_eq!(report.throughput_rps, report.requests_per_second);
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["throughputRps"], json["requestsPerSecond"]);
+    assert!(json["successesPerSecond"].as_f64().unwrap() > 0.0);
+    let text = report.to_text();
+    assert!(
+        text.contains(&format!(
+            "throughput    {:.1} req/s successful, {:.1} req/s in total",
+            report.successes_per_second, report.requests_per_second
+        )),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_mode_measures_from_intended_send_time() {
     let (url, _) = start(Behavior::Echo).await;
