@@ -11,8 +11,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::Mode;
-use crate::profile::{Profile, Stage};
+use crate::profile::Profile;
 use crate::schedule::{LATE_THRESHOLD, Lag, STALL_THRESHOLD};
+use crate::stage_report::{self, StageReport};
 use crate::stats::LatencySummary;
 
 /// Exit code when the run passed.
@@ -103,8 +104,9 @@ pub struct Report {
     pub mode: Mode,
     /// Concurrency profile, if any.
     pub profile: Option<Profile>,
-    /// The profile's stages, if any.
-    pub stages: Option<Vec<Stage>>,
+    /// The profile's stages with the figures of the requests sent in each, if
+    /// a profile ran.
+    pub stages: Option<Vec<StageReport>>,
     /// Closed-loop workers (the peak for profiles); `null` in rate mode.
     pub concurrency: Option<usize>,
     /// Target requests per second in rate mode.
@@ -322,6 +324,9 @@ impl Report {
                     self.target_rate.unwrap_or_default(),
                 );
             }
+        }
+        if let Some(stages) = &self.stages {
+            stage_report::write_text(&mut out, stages);
         }
         if !self.sample_errors.is_empty() {
             let _ = writeln!(out, "  first errors");
@@ -614,22 +619,87 @@ mod tests {
     }
 
     #[test]
-    fn json_for_profile_includes_stages() {
+    fn json_for_profile_includes_stages_with_their_figures() {
         let mut r = sample();
         r.mode = Mode::Concurrent;
         r.profile = Some(Profile::Spike);
-        r.stages = Some(crate::profile::stages(
-            Profile::Spike,
-            2,
+        r.target_rate = None;
+        r.schedule = None;
+        r.service_latency_ms = None;
+        let stages =
+            crate::profile::stages(Profile::Spike, 2, std::time::Duration::from_secs(10), 10);
+        let mut spike = crate::stats::Recorder::new();
+        spike.success(std::time::Duration::from_millis(4));
+        spike.failure(crate::verify::Failure {
+            kind: crate::verify::ErrorKind::Status,
+            status: Some(503),
+            detail: "shed".into(),
+        });
+        let recs = [crate::stats::Recorder::new(), spike];
+        r.stages = Some(stage_report::stage_reports(
+            &stages,
+            &recs,
             std::time::Duration::from_secs(10),
-            10,
         ));
         r.concurrency = Some(20);
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["profile"], "spike");
+        // The keys of earlier versions are still there ...
         assert_eq!(v["stages"][1]["name"], "spike");
         assert_eq!(v["stages"][1]["from"], 20);
+        assert_eq!(v["stages"][1]["to"], 20);
         assert_eq!(v["stages"][1]["duration"], 2.0);
-        assert!(r.to_text().contains("spike profile, up to 20 users"));
+        // ... next to the stage's figures.
+        assert_eq!(v["stages"][1]["measuredSecs"], 2.0);
+        assert_eq!(v["stages"][1]["requests"], 2);
+        assert_eq!(v["stages"][1]["successes"], 1);
+        assert_eq!(v["stages"][1]["failures"], 1);
+        assert_eq!(v["stages"][1]["errorRate"], 0.5);
+        assert_eq!(v["stages"][1]["requestsPerSecond"], 1.0);
+        assert_eq!(v["stages"][1]["successesPerSecond"], 0.5);
+        assert_eq!(v["stages"][1]["failuresByStatus"]["503"], 1);
+        assert_eq!(v["stages"][1]["failuresByKind"]["status"], 1);
+        assert!(v["stages"][1]["latencyMs"]["p99"].as_f64().unwrap() >= 4.0);
+        assert_eq!(v["stages"][1]["p99VsFirstStage"], serde_json::Value::Null);
+        assert_eq!(v["stages"][1]["p99FarAboveFirstStage"], false);
+        assert_eq!(v["stages"][0]["latencyMs"], serde_json::Value::Null);
+        let mut keys: Vec<&str> = v["stages"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "duration",
+                "errorRate",
+                "failures",
+                "failuresByKind",
+                "failuresByStatus",
+                "from",
+                "latencyMs",
+                "measuredSecs",
+                "name",
+                "p99FarAboveFirstStage",
+                "p99VsFirstStage",
+                "requests",
+                "requestsPerSecond",
+                "successes",
+                "successesPerSecond",
+                "to"
+            ]
+        );
+        let text = r.to_text();
+        assert!(text.contains("spike profile, up to 20 users"), "{text}");
+        assert!(
+            text.contains("stages        (each request counted in the stage it was sent in)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    spike       20 users for 2.000 s: 2 requests"),
+            "{text}"
+        );
     }
 }
