@@ -16,6 +16,7 @@ use crate::config::{
     DEFAULT_URL, Mode, Stop,
 };
 use crate::profile::Profile;
+use crate::schedule::DEFAULT_MAX_LATE_FRACTION;
 
 /// Load generator and smoke test for the weather broker.
 ///
@@ -84,6 +85,12 @@ pub struct Cli {
           value_parser = parse_fraction)]
     pub max_error_rate: f64,
 
+    /// Rate mode: warn that the generator fell behind only when more than this fraction of sends
+    /// left over 5 ms late (or one send was over 1 s late); 0 = warn on any late send.
+    #[arg(long, env = "LOAD_TEST_MAX_LATE_FRACTION", default_value_t = DEFAULT_MAX_LATE_FRACTION,
+          value_parser = parse_fraction)]
+    pub max_late_fraction: f64,
+
     /// Send load for this long first and leave those requests out of the report (e.g. 5s).
     #[arg(long, env = "LOAD_TEST_WARMUP", value_parser = parse_duration)]
     pub warmup: Option<Duration>,
@@ -126,6 +133,7 @@ impl Cli {
             cities,
             warmup: self.warmup,
             max_error_rate: self.max_error_rate,
+            max_late_fraction: self.max_late_fraction,
             show_progress: stderr_is_tty && !self.json && !self.no_progress,
         };
         config.validate()?;
@@ -190,6 +198,7 @@ mod tests {
         assert_eq!(config.timeout, Duration::from_secs(30));
         assert_eq!(config.cities.len(), 15);
         assert_eq!(config.max_error_rate, 0.0);
+        assert_eq!(config.max_late_fraction, 0.01);
         assert!(config.show_progress);
     }
 
@@ -222,6 +231,7 @@ mod tests {
             &["--duration", "soon"],
             &["--rate", "-1"],
             &["--max-error-rate", "2"],
+            &["--max-late-fraction", "1.5"],
             &["--mode", "fast"],
             &["--profile", "burst"],
         ] {

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::cities::{City, default_cities};
 use crate::profile::Profile;
+use crate::schedule::DEFAULT_MAX_LATE_FRACTION;
 
 /// Default base URL of the ingress service; matches the port `./scripts/run` uses.
 pub const DEFAULT_URL: &str = "http://localhost:5009";
@@ -89,6 +90,9 @@ pub struct Config {
     pub warmup: Option<Duration>,
     /// Largest failure fraction that still counts as a pass.
     pub max_error_rate: f64,
+    /// Rate mode: largest fraction of late sends the report accepts without
+    /// warning that the generator fell behind (see [`crate::schedule::Lag::fell_behind`]).
+    pub max_late_fraction: f64,
     /// Whether to draw the progress bar (callers decide based on TTY / `--json`).
     pub show_progress: bool,
 }
@@ -109,6 +113,7 @@ impl Default for Config {
             cities: default_cities(),
             warmup: None,
             max_error_rate: 0.0,
+            max_late_fraction: DEFAULT_MAX_LATE_FRACTION,
             show_progress: false,
         }
     }
@@ -147,6 +152,9 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.max_error_rate) {
             anyhow::bail!("--max-error-rate must be between 0 and 1");
+        }
+        if !(0.0..=1.0).contains(&self.max_late_fraction) {
+            anyhow::bail!("--max-late-fraction must be between 0 and 1 (e.g. 0.01 for 1%)");
         }
         if self.cities.is_empty() {
             anyhow::bail!("the city list is empty");
@@ -243,6 +251,11 @@ mod tests {
     fn rejects_out_of_range_error_rate() {
         let c = Config {
             max_error_rate: 1.5,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            max_late_fraction: f64::NAN,
             ..Config::default()
         };
         assert!(c.validate().is_err());

@@ -32,6 +32,7 @@ pub mod progress;
 pub mod report;
 pub mod runner;
 pub mod schedule;
+pub mod stage_report;
 pub mod stats;
 pub mod verify;
 
@@ -41,4 +42,5 @@ pub use config::{Config, Mode, Stop};
 pub use profile::Profile;
 pub use report::{EXIT_FAILED, EXIT_PASS, EXIT_USAGE, Report, exit_code};
 pub use runner::{run, run_with_cancel};
+pub use stage_report::StageReport;
 pub use tokio_util::sync::CancellationToken;

@@ -19,7 +19,10 @@ pub enum Profile {
     /// the "normal expected peak" test.
     Load,
     /// Baseline at `--concurrency` (30%), sudden jump to `multiplier x` (20%), then
-    /// back to baseline (50%) to see whether the service recovers.
+    /// back to baseline (50%). The report's per-stage figures show how the spike
+    /// was handled (its failures by status, e.g. 503s shed) and put the recovery
+    /// stage's p99 latency and failures next to the baseline's, flagging a p99
+    /// far above the baseline's.
     Spike,
     /// Steady `--concurrency` for the whole (long) duration: finds leaks and drift.
     Soak,
@@ -156,6 +159,34 @@ pub fn peak_concurrency(stages: &[Stage]) -> usize {
         .max(1)
 }
 
+/// Index of the stage running at `elapsed` into the profile, or `None` once
+/// it is over. Stages are half-open intervals: a stage's end belongs to the
+/// next one (the same rule as [`concurrency_at`]).
+pub fn stage_index_at(stages: &[Stage], elapsed: Duration) -> Option<usize> {
+    let mut end = Duration::ZERO;
+    for (i, stage) in stages.iter().enumerate() {
+        end += stage.duration;
+        if elapsed < end {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Time from `elapsed` to the start of the next stage (or the end of the
+/// profile), `None` once it is over; lets the runner wake exactly at a stage
+/// boundary instead of up to one sampling interval late.
+pub fn until_next_stage(stages: &[Stage], elapsed: Duration) -> Option<Duration> {
+    let mut end = Duration::ZERO;
+    for stage in stages {
+        end += stage.duration;
+        if elapsed < end {
+            return Some(end - elapsed);
+        }
+    }
+    None
+}
+
 /// Active users wanted at `elapsed` into the profile, or `None` once it is over.
 ///
 /// Linear interpolation within a stage, rounded to the nearest user and never
@@ -209,6 +240,40 @@ mod tests {
         assert_eq!(concurrency_at(&s, Duration::from_secs(29)), Some(100));
         assert_eq!(concurrency_at(&s, Duration::from_secs(30)), Some(10));
         assert_eq!(total_duration(&s), MIN);
+    }
+
+    #[test]
+    fn stage_index_follows_stage_boundaries() {
+        let s = stages(Profile::Spike, 10, MIN, 10);
+        assert_eq!(stage_index_at(&s, Duration::ZERO), Some(0));
+        assert_eq!(stage_index_at(&s, Duration::from_millis(17_999)), Some(0));
+        assert_eq!(stage_index_at(&s, Duration::from_secs(18)), Some(1));
+        assert_eq!(stage_index_at(&s, Duration::from_secs(30)), Some(2));
+        assert_eq!(stage_index_at(&s, Duration::from_millis(59_999)), Some(2));
+        assert_eq!(stage_index_at(&s, MIN), None);
+        assert_eq!(stage_index_at(&[], Duration::ZERO), None);
+    }
+
+    #[test]
+    fn time_until_the_next_stage() {
+        let s = stages(Profile::Spike, 10, MIN, 10);
+        assert_eq!(
+            until_next_stage(&s, Duration::ZERO),
+            Some(Duration::from_secs(18))
+        );
+        assert_eq!(
+            until_next_stage(&s, Duration::from_millis(17_950)),
+            Some(Duration::from_millis(50))
+        );
+        assert_eq!(
+            until_next_stage(&s, Duration::from_secs(18)),
+            Some(Duration::from_secs(12))
+        );
+        assert_eq!(
+            until_next_stage(&s, Duration::from_secs(59)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(until_next_stage(&s, MIN), None);
     }
 
     #[test]

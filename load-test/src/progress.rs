@@ -5,6 +5,11 @@
 //! see a run going wrong without waiting for the report. Nothing is printed per
 //! request. When disabled (stderr is not a terminal, `--json`, or a library
 //! caller) no task is spawned at all.
+//!
+//! Once the runner stops sending ([`Live::stop_sending`]) the phase still waits
+//! for the replies to requests already sent, which can take up to `--timeout`.
+//! A full bar at that point would look finished while the tool is not, so the
+//! bar is replaced by a spinner saying how many replies are still outstanding.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -73,6 +78,71 @@ pub fn message(rate: f64, failed: u64, users: Option<usize>) -> String {
     }
 }
 
+/// What the bar shows once sending is over: how many replies are still awaited.
+pub fn draining_message(sent: u64, outstanding: u64) -> String {
+    let replies = if outstanding == 1 { "reply" } else { "replies" };
+    format!("all {sent} requests sent, waiting for {outstanding} outstanding {replies}")
+}
+
+/// Template of the second phase: no bar and no percentage, since nothing is
+/// being counted towards the goal any more.
+const DRAINING_TEMPLATE: &str = "{prefix} [{elapsed_precise}] {spinner} {msg}";
+
+/// Per-refresh state of the bar: the throughput window and which of the two
+/// phases (sending, then waiting for replies) is shown. Kept apart from the
+/// ticker task so one refresh can be unit-tested on a hidden bar.
+#[derive(Debug)]
+struct Refresher {
+    goal: Goal,
+    started: Instant,
+    show_users: bool,
+    window: RateWindow,
+    draining: bool,
+}
+
+impl Refresher {
+    fn new(goal: Goal, started: Instant, show_users: bool) -> Self {
+        Self {
+            goal,
+            started,
+            show_users,
+            window: RateWindow::default(),
+            draining: false,
+        }
+    }
+
+    /// Updates `bar` from the live counters at `now`.
+    fn refresh(&mut self, bar: &ProgressBar, live: &Live, now: Instant) {
+        let completed = live.completed.load(Ordering::Relaxed);
+        let rate = self.window.update(now, completed);
+        if live.is_sending_done() {
+            if !self.draining {
+                self.draining = true;
+                bar.unset_length();
+                bar.set_style(
+                    ProgressStyle::with_template(DRAINING_TEMPLATE)
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+            }
+            let sent = live.started.load(Ordering::Relaxed);
+            bar.set_message(draining_message(sent, live.outstanding()));
+            bar.tick();
+            return;
+        }
+        let failed = live.failed.load(Ordering::Relaxed);
+        let users = self
+            .show_users
+            .then(|| live.active_users.load(Ordering::Relaxed));
+        match self.goal {
+            Goal::Count(_) => bar.set_position(completed),
+            Goal::Duration(_) => bar.set_position(
+                u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX),
+            ),
+        }
+        bar.set_message(message(rate, failed, users));
+    }
+}
+
 /// A running progress bar; call [`Progress::finish`] to remove it.
 #[derive(Debug)]
 pub struct Progress {
@@ -122,8 +192,7 @@ impl Progress {
             let bar = bar.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let started = Instant::now();
-                let mut window = RateWindow::default();
+                let mut refresher = Refresher::new(goal, Instant::now(), show_users);
                 let mut interval = tokio::time::interval(TICK);
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 loop {
@@ -131,19 +200,7 @@ impl Progress {
                         _ = stop.cancelled() => break,
                         _ = interval.tick() => {}
                     }
-                    let now = Instant::now();
-                    let completed = live.completed.load(Ordering::Relaxed);
-                    let failed = live.failed.load(Ordering::Relaxed);
-                    let users = show_users.then(|| live.active_users.load(Ordering::Relaxed));
-                    let rate = window.update(now, completed);
-                    match goal {
-                        Goal::Count(_) => bar.set_position(completed),
-                        Goal::Duration(_) => bar.set_position(
-                            u64::try_from(now.duration_since(started).as_millis())
-                                .unwrap_or(u64::MAX),
-                        ),
-                    }
-                    bar.set_message(message(rate, failed, users));
+                    refresher.refresh(&bar, &live, Instant::now());
                 }
             })
         };
@@ -188,6 +245,54 @@ mod tests {
         w.update(t0 + Duration::from_millis(3000), 2000);
         let r = w.update(t0 + Duration::from_millis(3250), 2000);
         assert_eq!(r, 0.0);
+    }
+
+    #[test]
+    fn draining_message_format() {
+        assert_eq!(
+            draining_message(4000, 12),
+            "all 4000 requests sent, waiting for 12 outstanding replies"
+        );
+        assert_eq!(
+            draining_message(1, 1),
+            "all 1 requests sent, waiting for 1 outstanding reply"
+        );
+    }
+
+    /// The issue: in rate mode the bar sat at 100 % while replies were still
+    /// awaited. Once sending is done it must say so instead of showing a bar.
+    #[test]
+    fn after_sending_the_bar_shows_outstanding_replies() {
+        let bar = ProgressBar::hidden();
+        bar.set_length(2000);
+        let live = Live::default();
+        let t0 = Instant::now();
+        let mut r = Refresher::new(Goal::Duration(Duration::from_secs(2)), t0, false);
+        for _ in 0..10 {
+            live.start();
+        }
+        for _ in 0..7 {
+            live.finish(true);
+        }
+        r.refresh(&bar, &live, t0 + Duration::from_millis(500));
+        assert_eq!(bar.position(), 500);
+        assert_eq!(bar.length(), Some(2000));
+        assert!(bar.message().ends_with("0 errors"), "{}", bar.message());
+
+        live.stop_sending();
+        r.refresh(&bar, &live, t0 + Duration::from_millis(2250));
+        assert_eq!(bar.length(), None, "no bar (and no 100 %) while draining");
+        assert_eq!(
+            bar.message(),
+            "all 10 requests sent, waiting for 3 outstanding replies"
+        );
+        live.finish(false);
+        r.refresh(&bar, &live, t0 + Duration::from_millis(2500));
+        assert_eq!(
+            bar.message(),
+            "all 10 requests sent, waiting for 2 outstanding replies"
+        );
+        assert!(!bar.is_finished());
     }
 
     #[tokio::test]

@@ -11,7 +11,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::Mode;
-use crate::profile::{Profile, Stage};
+use crate::profile::Profile;
+use crate::schedule::{LATE_THRESHOLD, Lag, STALL_THRESHOLD};
+use crate::stage_report::{self, StageReport};
 use crate::stats::LatencySummary;
 
 /// Exit code when the run passed.
@@ -40,8 +42,54 @@ pub struct ScheduleReport {
     pub late_sends: u64,
     /// The lateness threshold.
     pub late_threshold_ms: f64,
-    /// Largest lag between intended and actual send time.
+    /// Largest lag between intended and actual send time (the worst lateness).
     pub max_lag_ms: f64,
+    /// Sends made, late or not.
+    pub sends: u64,
+    /// `lateSends / sends` (0 when nothing was sent).
+    pub late_fraction: f64,
+    /// `--max-late-fraction`: a larger `lateFraction` means the generator fell behind.
+    pub max_late_fraction: f64,
+    /// A single send more than this late also means the generator fell behind.
+    pub stall_threshold_ms: f64,
+    /// Whether the generator fell behind (too many late sends, or one stall),
+    /// i.e. the service did not receive the target rate as a steady stream.
+    pub fell_behind: bool,
+}
+
+impl ScheduleReport {
+    /// Summarises the generator's lag against `--max-late-fraction`.
+    pub fn new(lag: &Lag, max_late_fraction: f64) -> Self {
+        Self {
+            late_sends: lag.late,
+            late_threshold_ms: LATE_THRESHOLD.as_secs_f64() * 1000.0,
+            max_lag_ms: lag.max.as_secs_f64() * 1000.0,
+            sends: lag.sends,
+            late_fraction: lag.late_fraction(),
+            max_late_fraction,
+            stall_threshold_ms: STALL_THRESHOLD.as_secs_f64() * 1000.0,
+            fell_behind: lag.fell_behind(max_late_fraction),
+        }
+    }
+
+    /// Why the generator counts as fallen behind (empty when it did not).
+    fn reasons(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.late_sends > 0 && self.late_fraction > self.max_late_fraction {
+            out.push(format!(
+                "more than {} of sends late",
+                format_percent(self.max_late_fraction)
+            ));
+        }
+        if self.max_lag_ms > self.stall_threshold_ms {
+            out.push(format!(
+                "one send {} ms late (a stall of over {} ms)",
+                format_ms(self.max_lag_ms),
+                self.stall_threshold_ms
+            ));
+        }
+        out
+    }
 }
 
 /// The result of a run; printed as text or JSON, and returned by [`crate::run`].
@@ -56,8 +104,9 @@ pub struct Report {
     pub mode: Mode,
     /// Concurrency profile, if any.
     pub profile: Option<Profile>,
-    /// The profile's stages, if any.
-    pub stages: Option<Vec<Stage>>,
+    /// The profile's stages with the figures of the requests sent in each, if
+    /// a profile ran.
+    pub stages: Option<Vec<StageReport>>,
     /// Closed-loop workers (the peak for profiles); `null` in rate mode.
     pub concurrency: Option<usize>,
     /// Target requests per second in rate mode.
@@ -82,8 +131,16 @@ pub struct Report {
     pub max_error_rate: f64,
     /// Whether the run passes, i.e. exits 0.
     pub passed: bool,
-    /// Finished requests per second of wall-clock time.
+    /// Finished requests (failures included) per second of wall-clock time.
+    /// Kept for existing scripts; the same number as `requestsPerSecond`.
     pub throughput_rps: f64,
+    /// Finished requests, failures included, per second: the load the
+    /// service answered, not how much of it was useful.
+    pub requests_per_second: f64,
+    /// Successful requests per second: the useful throughput. A service that
+    /// sheds nearly everything with fast 503s has a high `requestsPerSecond`
+    /// and a low `successesPerSecond`.
+    pub successes_per_second: f64,
     /// Failures per kind; every kind is present.
     pub failures_by_kind: BTreeMap<String, u64>,
     /// Failures per HTTP status, for `status` failures.
@@ -115,6 +172,11 @@ pub fn error_rate(requests: u64, failures: u64) -> f64 {
 /// allowed. With the default `max_error_rate` of 0 any failure fails the run.
 pub fn passes(requests: u64, failures: u64, max_error_rate: f64) -> bool {
     requests > 0 && error_rate(requests, failures) <= max_error_rate
+}
+
+/// `n` per second over `secs` (0 when no time passed).
+pub fn per_second(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
 }
 
 /// Exit code for a finished run.
@@ -172,8 +234,13 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "  requests      {} in {:.3} s ({:.1} req/s)",
-            self.requests, self.duration_secs, self.throughput_rps
+            "  requests      {} in {:.3} s",
+            self.requests, self.duration_secs
+        );
+        let _ = writeln!(
+            out,
+            "  throughput    {:.1} req/s successful, {:.1} req/s in total (failures included)",
+            self.successes_per_second, self.requests_per_second
         );
         let _ = writeln!(out, "  successes     {}", self.successes);
         let _ = writeln!(
@@ -241,16 +308,25 @@ impl Report {
         if let Some(s) = &self.schedule {
             let _ = writeln!(
                 out,
-                "  schedule      {} sends late (> {} ms behind schedule), max lag {} ms{}",
+                "  schedule      {} of {} sends late ({}, > {} ms behind schedule), max lag {} ms",
                 s.late_sends,
+                s.sends,
+                format_percent(s.late_fraction),
                 s.late_threshold_ms,
                 format_ms(s.max_lag_ms),
-                if s.late_sends > 0 {
-                    " — the generator (or --max-in-flight) could not keep up; latency includes that wait"
-                } else {
-                    ""
-                }
             );
+            let reasons = s.reasons();
+            if !reasons.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "    WARNING     the generator fell behind ({}): it (or --max-in-flight) could not keep up, so the service did not receive a steady {} req/s; latency includes the wait",
+                    reasons.join("; "),
+                    self.target_rate.unwrap_or_default(),
+                );
+            }
+        }
+        if let Some(stages) = &self.stages {
+            stage_report::write_text(&mut out, stages);
         }
         if !self.sample_errors.is_empty() {
             let _ = writeln!(out, "  first errors");
@@ -303,6 +379,8 @@ mod tests {
             max_error_rate: 0.001,
             passed: passes(4000, 2, 0.001),
             throughput_rps: 2000.0,
+            requests_per_second: 2000.0,
+            successes_per_second: 1999.0,
             failures_by_kind: by_kind,
             failures_by_status: [("503".to_string(), 2)].into_iter().collect(),
             latency_from: LatencyOrigin::IntendedSend,
@@ -324,11 +402,14 @@ mod tests {
                 p999: 3.0,
                 max: 4.0,
             }),
-            schedule: Some(ScheduleReport {
-                late_sends: 3,
-                late_threshold_ms: 5.0,
-                max_lag_ms: 7.5,
-            }),
+            schedule: Some(ScheduleReport::new(
+                &Lag {
+                    sends: 4000,
+                    late: 3,
+                    max: std::time::Duration::from_micros(7500),
+                },
+                0.01,
+            )),
             sample_errors: vec!["lt-0a1b2c3d-17: HTTP 503: Service Unavailable: overloaded".into()],
         }
     }
@@ -370,8 +451,11 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(text.contains("requests      4000 in 2.000 s\n"), "{text}");
         assert!(
-            text.contains("requests      4000 in 2.000 s (2000.0 req/s)"),
+            text.contains(
+                "throughput    1999.0 req/s successful, 2000.0 req/s in total (failures included)\n"
+            ),
             "{text}"
         );
         assert!(text.contains("failures      2 (0.050%)"), "{text}");
@@ -382,9 +466,13 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("3 sends late (> 5 ms behind schedule), max lag 7.500 ms"),
+            text.contains(
+                "schedule      3 of 4000 sends late (0.075%, > 5 ms behind schedule), max lag 7.500 ms\n"
+            ),
             "{text}"
         );
+        assert!(!text.contains("WARNING"), "{text}");
+        assert!(!text.contains("could not keep up"), "{text}");
         assert!(text.contains("HTTP 503"), "{text}");
         assert!(
             text.ends_with("PASS: error rate 0.050% (allowed 0.100%)\n"),
@@ -426,6 +514,8 @@ mod tests {
             "maxErrorRate",
             "passed",
             "throughputRps",
+            "requestsPerSecond",
+            "successesPerSecond",
             "failuresByKind",
             "failuresByStatus",
             "latencyFrom",
@@ -457,26 +547,159 @@ mod tests {
             ["max", "mean", "min", "p50", "p90", "p99", "p999"]
         );
         assert_eq!(v["schedule"]["lateSends"], 3);
+        assert_eq!(v["schedule"]["maxLagMs"], 7.5);
+        assert_eq!(v["schedule"]["lateThresholdMs"], 5.0);
+        assert_eq!(v["schedule"]["sends"], 4000);
+        assert_eq!(v["schedule"]["lateFraction"], 0.00075);
+        assert_eq!(v["schedule"]["maxLateFraction"], 0.01);
+        assert_eq!(v["schedule"]["stallThresholdMs"], 1000.0);
+        assert_eq!(v["schedule"]["fellBehind"], false);
+        assert_eq!(v["throughputRps"], 2000.0);
+        assert_eq!(v["requestsPerSecond"], 2000.0);
+        assert_eq!(v["successesPerSecond"], 1999.0);
         assert_eq!(v["passed"], true);
     }
 
+    /// The issue: 7 600 req/s reported when 99.97 % were 503s. The headline
+    /// must say how much of it was successful.
     #[test]
-    fn json_for_profile_includes_stages() {
+    fn throughput_of_a_shedding_service_is_split() {
+        let mut r = sample();
+        r.requests = 228_000;
+        r.successes = 68;
+        r.failures = 227_932;
+        r.duration_secs = 30.0;
+        r.throughput_rps = 7600.0;
+        r.requests_per_second = per_second(228_000, 30.0);
+        r.successes_per_second = per_second(68, 30.0);
+        let text = r.to_text();
+        assert!(
+            text.contains("throughput    2.3 req/s successful, 7600.0 req/s in total"),
+            "{text}"
+        );
+        assert_eq!(per_second(5, 0.0), 0.0);
+    }
+
+    #[test]
+    fn falling_behind_warns_with_the_reason() {
+        let mut r = sample();
+        r.schedule = Some(ScheduleReport::new(
+            &Lag {
+                sends: 4000,
+                late: 41,
+                max: std::time::Duration::from_millis(30),
+            },
+            0.01,
+        ));
+        let text = r.to_text();
+        assert!(
+            text.contains("schedule      41 of 4000 sends late (1.025%"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "WARNING     the generator fell behind (more than 1.000% of sends late): it (or --max-in-flight) could not keep up, so the service did not receive a steady 2000 req/s"
+            ),
+            "{text}"
+        );
+        r.schedule = Some(ScheduleReport::new(
+            &Lag {
+                sends: 4000,
+                late: 1,
+                max: std::time::Duration::from_millis(1500),
+            },
+            0.01,
+        ));
+        let text = r.to_text();
+        assert!(
+            text.contains("fell behind (one send 1500.000 ms late (a stall of over 1000 ms))"),
+            "{text}"
+        );
+        assert_eq!(r.schedule.map(|s| s.fell_behind), Some(true));
+    }
+
+    #[test]
+    fn json_for_profile_includes_stages_with_their_figures() {
         let mut r = sample();
         r.mode = Mode::Concurrent;
         r.profile = Some(Profile::Spike);
-        r.stages = Some(crate::profile::stages(
-            Profile::Spike,
-            2,
+        r.target_rate = None;
+        r.schedule = None;
+        r.service_latency_ms = None;
+        let stages =
+            crate::profile::stages(Profile::Spike, 2, std::time::Duration::from_secs(10), 10);
+        let mut spike = crate::stats::Recorder::new();
+        spike.success(std::time::Duration::from_millis(4));
+        spike.failure(crate::verify::Failure {
+            kind: crate::verify::ErrorKind::Status,
+            status: Some(503),
+            detail: "shed".into(),
+        });
+        let recs = [crate::stats::Recorder::new(), spike];
+        r.stages = Some(stage_report::stage_reports(
+            &stages,
+            &recs,
             std::time::Duration::from_secs(10),
-            10,
         ));
         r.concurrency = Some(20);
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["profile"], "spike");
+        // The keys of earlier versions are still there ...
         assert_eq!(v["stages"][1]["name"], "spike");
         assert_eq!(v["stages"][1]["from"], 20);
+        assert_eq!(v["stages"][1]["to"], 20);
         assert_eq!(v["stages"][1]["duration"], 2.0);
-        assert!(r.to_text().contains("spike profile, up to 20 users"));
+        // ... next to the stage's figures.
+        assert_eq!(v["stages"][1]["measuredSecs"], 2.0);
+        assert_eq!(v["stages"][1]["requests"], 2);
+        assert_eq!(v["stages"][1]["successes"], 1);
+        assert_eq!(v["stages"][1]["failures"], 1);
+        assert_eq!(v["stages"][1]["errorRate"], 0.5);
+        assert_eq!(v["stages"][1]["requestsPerSecond"], 1.0);
+        assert_eq!(v["stages"][1]["successesPerSecond"], 0.5);
+        assert_eq!(v["stages"][1]["failuresByStatus"]["503"], 1);
+        assert_eq!(v["stages"][1]["failuresByKind"]["status"], 1);
+        assert!(v["stages"][1]["latencyMs"]["p99"].as_f64().unwrap() >= 4.0);
+        assert_eq!(v["stages"][1]["p99VsFirstStage"], serde_json::Value::Null);
+        assert_eq!(v["stages"][1]["p99FarAboveFirstStage"], false);
+        assert_eq!(v["stages"][0]["latencyMs"], serde_json::Value::Null);
+        let mut keys: Vec<&str> = v["stages"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "duration",
+                "errorRate",
+                "failures",
+                "failuresByKind",
+                "failuresByStatus",
+                "from",
+                "latencyMs",
+                "measuredSecs",
+                "name",
+                "p99FarAboveFirstStage",
+                "p99VsFirstStage",
+                "requests",
+                "requestsPerSecond",
+                "successes",
+                "successesPerSecond",
+                "to"
+            ]
+        );
+        let text = r.to_text();
+        assert!(text.contains("spike profile, up to 20 users"), "{text}");
+        assert!(
+            text.contains("stages        (each request counted in the stage it was sent in)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    spike       20 users for 2.000 s: 2 requests"),
+            "{text}"
+        );
     }
 }

@@ -10,6 +10,9 @@
 //!
 //! Cancelling the token (Ctrl-C in the binary) stops generating, abandons
 //! requests in flight, and still returns a report of what ran.
+//!
+//! A profile run also records each request in the recorder of the stage it
+//! was sent in, for the per-stage figures of the report.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,11 +26,15 @@ use crate::client::Target;
 use crate::config::{Config, Mode, Stop};
 use crate::profile::{self, Stage};
 use crate::progress::{Goal, Progress};
-use crate::report::{LatencyOrigin, Report, ScheduleReport, error_rate, passes};
-use crate::schedule::{LATE_THRESHOLD, Lag, RateSchedule};
+use crate::report::{LatencyOrigin, Report, ScheduleReport, error_rate, passes, per_second};
+use crate::schedule::{Lag, RateSchedule};
+use crate::stage_report::stage_reports;
 use crate::stats::{Live, Recorder};
 
-/// How often a profile's controller re-computes the number of active users.
+/// How often a profile's controller re-computes the number of active users
+/// within a stage (it also wakes exactly at each stage boundary, so a jump
+/// such as the start of a spike is applied on time, and the stage a request
+/// is counted in matches the number of users it was sent under).
 const PROFILE_TICK: Duration = Duration::from_millis(100);
 
 /// Runs the configured load test against a live service.
@@ -157,38 +164,70 @@ impl Plan {
 #[derive(Debug, Default)]
 struct PhaseOutcome {
     recorder: Recorder,
+    /// One recorder per profile stage (empty outside profiles).
+    stages: Vec<Recorder>,
     elapsed: Duration,
     lag: Lag,
+}
+
+/// The whole phase's recorder plus, for profiles, one per stage; behind one
+/// mutex so a request is recorded in both under a single lock.
+#[derive(Debug, Default)]
+struct Recorders {
+    total: Recorder,
+    stages: Vec<Recorder>,
+}
+
+/// Tells which stage of a profile a moment falls in.
+#[derive(Debug)]
+struct StageClock {
+    start: Instant,
+    stages: Vec<Stage>,
+}
+
+impl StageClock {
+    /// Index of the stage running at `at`. A request sent after the last
+    /// stage ended (the instant the timer fires) counts towards the last
+    /// stage, so the stages always add up to the whole run.
+    fn index(&self, at: Instant) -> usize {
+        let elapsed = at.saturating_duration_since(self.start);
+        profile::stage_index_at(&self.stages, elapsed)
+            .unwrap_or_else(|| self.stages.len().saturating_sub(1))
+    }
 }
 
 /// Everything a worker or request task needs, shared by reference count.
 struct Shared {
     target: Arc<Target>,
     live: Arc<Live>,
-    recorder: Mutex<Recorder>,
+    recorder: Mutex<Recorders>,
     id_prefix: String,
     /// Set when the user interrupts: abandon requests in flight.
     cancel: CancellationToken,
 }
 
 impl Shared {
-    /// Records one finished request (open loop: with both latencies).
+    /// Records one finished request (open loop: with both latencies); `stage`
+    /// is the profile stage it was sent in, if any.
     fn record(
         &self,
         outcome: Result<(), crate::verify::Failure>,
         latency: Duration,
         service: Duration,
+        stage: Option<usize>,
     ) {
         self.live.finish(outcome.is_ok());
-        self.recorder
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .record_open(outcome, latency, service);
+        let mut recorders = self.recorder.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(rec) = stage.and_then(|i| recorders.stages.get_mut(i)) {
+            rec.record_open(outcome.clone(), latency, service);
+        }
+        recorders.total.record_open(outcome, latency, service);
     }
 
     /// Sends request `n` unless interrupted; `None` means it was abandoned.
     async fn send(&self, n: u64) -> Option<Result<(), crate::verify::Failure>> {
         let id = format!("{}-{n}", self.id_prefix);
+        self.live.start();
         tokio::select! {
             biased;
             _ = self.cancel.cancelled() => None,
@@ -206,10 +245,17 @@ async fn execute(
     cancel: &CancellationToken,
 ) -> anyhow::Result<PhaseOutcome> {
     let live = Arc::new(Live::default());
+    let stage_count = match plan {
+        Plan::Profile { stages } => stages.len(),
+        Plan::Closed { .. } | Plan::Open { .. } => 0,
+    };
     let shared = Arc::new(Shared {
         target: Arc::clone(target),
         live: Arc::clone(&live),
-        recorder: Mutex::new(Recorder::new()),
+        recorder: Mutex::new(Recorders {
+            total: Recorder::new(),
+            stages: vec![Recorder::new(); stage_count],
+        }),
         id_prefix: id_prefix.to_owned(),
         cancel: cancel.clone(),
     });
@@ -236,37 +282,54 @@ async fn execute(
     let elapsed = started.elapsed();
     progress.finish().await;
     let lag = result?;
-    let recorder = shared
-        .recorder
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
+    let recorders = std::mem::take(
+        &mut *shared
+            .recorder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
     Ok(PhaseOutcome {
-        recorder,
+        recorder: recorders.total,
+        stages: recorders.stages,
         elapsed,
         lag,
     })
 }
 
-/// Closed loop: `workers` tasks; with `active` only the first `*active` of them
-/// send, the rest wait for the number to change.
+/// What the closed-loop workers of a profile need from its controller.
+struct ProfileControl {
+    /// How many workers may send right now.
+    users: watch::Receiver<usize>,
+    /// Cancelled when the profile is over.
+    done: CancellationToken,
+    /// Which stage a send belongs to.
+    clock: Arc<StageClock>,
+}
+
+/// Closed loop: `workers` tasks; under a profile only the first
+/// `*control.users` of them send, the rest wait for the number to change.
 async fn run_closed(
     shared: &Arc<Shared>,
     workers: usize,
     stop: Stop,
-    active: Option<(watch::Receiver<usize>, CancellationToken)>,
+    control: Option<ProfileControl>,
 ) -> anyhow::Result<Lag> {
     // The phase ends on the user's cancel, the profile's end, or the duration.
-    let phase = match &active {
-        Some((_, profile_done)) => profile_done.clone(),
+    let phase = match &control {
+        Some(c) => c.done.clone(),
         None => shared.cancel.child_token(),
     };
+    let clock = control.as_ref().map(|c| Arc::clone(&c.clock));
     let timer = match stop {
         Stop::Duration(d) => {
             let phase = phase.clone();
+            let live = Arc::clone(&shared.live);
             Some(tokio::spawn(async move {
                 tokio::select! {
-                    _ = tokio::time::sleep(d) => phase.cancel(),
+                    _ = tokio::time::sleep(d) => {
+                        live.stop_sending();
+                        phase.cancel();
+                    }
                     _ = phase.cancelled() => {}
                 }
             }))
@@ -283,7 +346,8 @@ async fn run_closed(
         let shared = Arc::clone(shared);
         let next = Arc::clone(&next);
         let phase = phase.clone();
-        let mut active = active.as_ref().map(|(rx, _)| rx.clone());
+        let clock = clock.clone();
+        let mut active = control.as_ref().map(|c| c.users.clone());
         handles.push(tokio::spawn(async move {
             loop {
                 if phase.is_cancelled() {
@@ -301,14 +365,16 @@ async fn run_closed(
                 }
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= limit {
+                    shared.live.stop_sending();
                     break;
                 }
                 let sent = Instant::now();
+                let stage = clock.as_ref().map(|c| c.index(sent));
                 let Some(outcome) = shared.send(n).await else {
                     break;
                 };
                 let latency = sent.elapsed();
-                shared.record(outcome, latency, latency);
+                shared.record(outcome, latency, latency, stage);
             }
         }));
     }
@@ -333,12 +399,16 @@ async fn run_profile(shared: &Arc<Shared>, stages: &[Stage]) -> anyhow::Result<L
     let initial = profile::concurrency_at(stages, Duration::ZERO).unwrap_or(1);
     let (tx, rx) = watch::channel(initial);
     let done = shared.cancel.child_token();
+    let start = Instant::now();
+    let clock = Arc::new(StageClock {
+        start,
+        stages: stages.to_vec(),
+    });
     let controller = {
         let stages = stages.to_vec();
         let done = done.clone();
         let live = Arc::clone(&shared.live);
         tokio::spawn(async move {
-            let start = Instant::now();
             loop {
                 match profile::concurrency_at(&stages, start.elapsed()) {
                     Some(users) => {
@@ -350,12 +420,15 @@ async fn run_profile(shared: &Arc<Shared>, stages: &[Stage]) -> anyhow::Result<L
                         });
                     }
                     None => {
+                        live.stop_sending();
                         done.cancel();
                         break;
                     }
                 }
+                let pause = profile::until_next_stage(&stages, start.elapsed())
+                    .map_or(PROFILE_TICK, |d| d.min(PROFILE_TICK));
                 tokio::select! {
-                    _ = tokio::time::sleep(PROFILE_TICK) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = done.cancelled() => break,
                 }
             }
@@ -366,7 +439,11 @@ async fn run_profile(shared: &Arc<Shared>, stages: &[Stage]) -> anyhow::Result<L
         shared,
         peak,
         Stop::Duration(total),
-        Some((rx, done.clone())),
+        Some(ProfileControl {
+            users: rx,
+            done: done.clone(),
+            clock,
+        }),
     )
     .await;
     done.cancel();
@@ -420,12 +497,13 @@ async fn run_open(
         tokio::spawn(async move {
             if let Some(outcome) = shared.send(n).await {
                 let done = Instant::now();
-                shared.record(outcome, done - intended, done - sent);
+                shared.record(outcome, done - intended, done - sent, None);
             }
             drop(permit);
         });
         i += 1;
     }
+    shared.live.stop_sending();
     // Wait for everything still in flight: all slots free again.
     let all = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
     let _ = slots.acquire_many(all).await;
@@ -446,7 +524,7 @@ fn build_report(
     let secs = out.elapsed.as_secs_f64();
     let (stages, concurrency) = match plan {
         Plan::Profile { stages } => (
-            Some(stages.clone()),
+            Some(stage_reports(stages, &out.stages, out.elapsed)),
             Some(profile::peak_concurrency(stages)),
         ),
         Plan::Closed { workers, .. } => (None, Some(*workers)),
@@ -471,11 +549,9 @@ fn build_report(
         error_rate: error_rate(requests, failures),
         max_error_rate: config.max_error_rate,
         passed: passes(requests, failures, config.max_error_rate),
-        throughput_rps: if secs > 0.0 {
-            requests as f64 / secs
-        } else {
-            0.0
-        },
+        throughput_rps: per_second(requests, secs),
+        requests_per_second: per_second(requests, secs),
+        successes_per_second: per_second(rec.successes(), secs),
         failures_by_kind: rec.failures_by_kind(),
         failures_by_status: rec.failures_by_status(),
         latency_from: if open {
@@ -485,11 +561,7 @@ fn build_report(
         },
         latency_ms: rec.latency(),
         service_latency_ms: if open { rec.service_latency() } else { None },
-        schedule: open.then(|| ScheduleReport {
-            late_sends: out.lag.late,
-            late_threshold_ms: LATE_THRESHOLD.as_secs_f64() * 1000.0,
-            max_lag_ms: out.lag.max.as_secs_f64() * 1000.0,
-        }),
+        schedule: open.then(|| ScheduleReport::new(&out.lag, config.max_late_fraction)),
         sample_errors: rec.samples().to_vec(),
     }
 }

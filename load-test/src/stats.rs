@@ -9,7 +9,7 @@
 //! atomic counters the progress bar reads while the run is going.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -27,21 +27,51 @@ pub const MAX_SAMPLES: usize = 5;
 /// cost next to nothing on the hot path.
 #[derive(Debug, Default)]
 pub struct Live {
+    /// Requests sent (finished or still waiting for their reply).
+    pub started: AtomicU64,
     /// Requests finished (success or failure).
     pub completed: AtomicU64,
     /// Requests failed.
     pub failed: AtomicU64,
     /// Workers currently allowed to send (profiles change this over time).
     pub active_users: AtomicUsize,
+    /// Set once no further request will be sent; from then on the phase only
+    /// waits for the replies still outstanding, which the progress bar shows.
+    pub sending_done: AtomicBool,
 }
 
 impl Live {
+    /// Counts one request about to be sent.
+    pub fn start(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one finished request.
     pub fn finish(&self, ok: bool) {
         self.completed.fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Marks the end of sending: everything left is waiting for replies.
+    pub fn stop_sending(&self) {
+        self.sending_done.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Live::stop_sending`] was called.
+    pub fn is_sending_done(&self) -> bool {
+        self.sending_done.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent whose reply has not arrived yet. Reads two relaxed
+    /// counters, so it may be off by one or two while requests finish; it
+    /// never goes below zero.
+    pub fn outstanding(&self) -> u64 {
+        let completed = self.completed.load(Ordering::Relaxed);
+        self.started
+            .load(Ordering::Relaxed)
+            .saturating_sub(completed)
     }
 }
 
@@ -338,9 +368,16 @@ mod tests {
     #[test]
     fn live_counts() {
         let live = Live::default();
+        for _ in 0..3 {
+            live.start();
+        }
         live.finish(true);
         live.finish(false);
         assert_eq!(live.completed.load(Ordering::Relaxed), 2);
         assert_eq!(live.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(live.outstanding(), 1);
+        assert!(!live.is_sending_done());
+        live.stop_sending();
+        assert!(live.is_sending_done());
     }
 }
