@@ -6,11 +6,20 @@
 //! with an error (HTTP 502 at once instead of a 504 at its deadline), then acknowledges and
 //! deletes the original. Operators list, replay or delete dead letters through the proxy's
 //! admin API.
+//!
+//! Replay runs in one Lua script, [`REPLAY_DEAD_LETTER`] (`shared/lua/replay_dead_letter.lua`):
+//! read, re-add and delete are atomic, so concurrent replays of one dead letter re-inject it
+//! exactly once. Replay-all replays only the dead letters that were there when the call
+//! started, so an entry that fails again during the call is not replayed twice.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use fred::prelude::*;
+use fred::types::scripts::Script;
 use serde::Serialize;
 use shared::protocol::{ReplyEntry, ReplyStatus, request_fields, unix_ms};
 use shared::redis::record_error;
@@ -29,6 +38,19 @@ pub const REASONS: &[&str] = &[
     "invalid_payload",
     "max_deliveries",
 ];
+
+/// Moves dead letters in an id range back to the request stream atomically; see the file for
+/// its keys, arguments and answer. Kept in `shared/lua/` so the docs and the code share one copy.
+pub const REPLAY_DEAD_LETTER: &str = include_str!("../../shared/lua/replay_dead_letter.lua");
+
+static REPLAY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::from_lua(REPLAY_DEAD_LETTER));
+
+/// Most dead letters one replay script call moves: Redis serves nobody else while a script
+/// runs, so a large replay-all goes in calls of this size instead of one long pause.
+const REPLAY_BATCH: u64 = 100;
+
+/// Prefix of the fields dead-lettering adds; replay drops them.
+const FIELD_PREFIX: &str = "dlq_";
 
 mod fields {
     pub const SOURCE_ID: &str = "dlq_source_id";
@@ -188,59 +210,92 @@ impl DeadLetters {
     }
 
     /// Puts dead letter `id` back on the request stream with a fresh deadline and removes it
-    /// from the DLQ. `Ok(None)` when there is no such dead letter.
-    pub async fn replay(&self, id: &str) -> Result<Option<String>, Error> {
-        let reply: Value = self
-            .commands
-            .xrange(self.dlq.as_str(), id, id, Some(1))
-            .await?;
-        let Some(entry) = range_entries(reply)?.into_iter().next() else {
-            return Ok(None);
-        };
-        let mut request: Vec<(String, String)> = entry
-            .fields
-            .into_iter()
-            .filter(|(key, _)| !key.starts_with("dlq_"))
-            .collect();
-        let deadline =
-            (unix_ms(SystemTime::now()) + REPLAY_DEADLINE.as_millis() as u64).to_string();
-        match request
-            .iter_mut()
-            .find(|(key, _)| key == request_fields::DEADLINE_MS)
-        {
-            Some((_, value)) => *value = deadline,
-            None => request.push((request_fields::DEADLINE_MS.to_string(), deadline)),
-        }
-        request.sort();
-        let new_id: String = self
-            .commands
-            .xadd(self.request_stream.as_str(), false, None, "*", request)
-            .await?;
-        let _: u64 = self.commands.xdel(self.dlq.as_str(), id).await?;
-        tracing::info!(dead_letter = id, entry_id = new_id, "dead letter replayed");
-        Ok(Some(new_id))
+    /// from the DLQ, atomically. `Ok(None)` when there is no such dead letter, which is also
+    /// what all but one of several concurrent replays of the same id get.
+    pub async fn replay(&self, id: EntryId) -> Result<Option<String>, Error> {
+        let id = id.to_string();
+        let replayed = self.run_replay(&id, &id, 1).await?;
+        Ok(replayed.into_iter().next().map(|(_, new_id)| new_id))
     }
 
-    /// Replays up to `limit` dead letters; returns how many.
+    /// Replays up to `limit` dead letters, oldest first; returns how many.
+    ///
+    /// Only the dead letters present when the call starts are replayed: the newest id is read
+    /// first and bounds every batch. A replayed request that fails again is dead-lettered under
+    /// a newer id, so it is not picked up again by this call. On an error the batches already
+    /// done stay replayed.
     pub async fn replay_all(&self, limit: u64) -> Result<u64, Error> {
+        let reply: Value = self
+            .commands
+            .xrevrange(self.dlq.as_str(), "+", "-", Some(1))
+            .await?;
+        let Some(newest) = range_entries(reply)?.into_iter().next() else {
+            return Ok(0);
+        };
         let mut replayed = 0;
         while replayed < limit {
-            let batch = self.list((limit - replayed).min(100)).await?;
-            if batch.is_empty() {
+            let batch = (limit - replayed).min(REPLAY_BATCH);
+            let moved = self.run_replay("-", &newest.id, batch).await?.len() as u64;
+            replayed += moved;
+            // Every entry a call finds is moved, so a short batch means none is left up to
+            // `newest` (others may have replayed or deleted some meanwhile).
+            if moved < batch {
                 break;
-            }
-            for letter in batch {
-                if self.replay(&letter.id).await?.is_some() {
-                    replayed += 1;
-                }
             }
         }
         Ok(replayed)
     }
 
+    /// One call of the replay script over `first..=last`: the (dead-letter id, new request id)
+    /// pairs it moved, oldest first.
+    async fn run_replay(
+        &self,
+        first: &str,
+        last: &str,
+        count: u64,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let deadline = unix_ms(SystemTime::now()) + REPLAY_DEADLINE.as_millis() as u64;
+        let keys = vec![
+            Key::from(self.dlq.as_str()),
+            Key::from(self.request_stream.as_str()),
+        ];
+        let args: Vec<Value> = vec![
+            Value::from(first),
+            Value::from(last),
+            Value::from(count as i64),
+            Value::from_static_str(request_fields::DEADLINE_MS),
+            Value::from(deadline.to_string()),
+            Value::from_static_str(FIELD_PREFIX),
+        ];
+        let reply: Option<Vec<String>> = REPLAY_SCRIPT
+            .evalsha_with_reload(&self.commands, keys, args)
+            .await
+            .inspect_err(|err| record_error("replay_dead_letter", err))?;
+        let flat = reply.unwrap_or_default();
+        if !flat.len().is_multiple_of(2) {
+            return Err(Error::new(
+                fred::error::ErrorKind::Protocol,
+                format!(
+                    "the replay script answered {} ids; expected (dead-letter id, new id) pairs",
+                    flat.len()
+                ),
+            ));
+        }
+        let mut pairs = Vec::with_capacity(flat.len() / 2);
+        let mut ids = flat.into_iter();
+        while let (Some(dead_letter), Some(entry_id)) = (ids.next(), ids.next()) {
+            tracing::info!(dead_letter, entry_id, "dead letter replayed");
+            pairs.push((dead_letter, entry_id));
+        }
+        Ok(pairs)
+    }
+
     /// Deletes dead letter `id`; false when there was none.
-    pub async fn delete(&self, id: &str) -> Result<bool, Error> {
-        let deleted: u64 = self.commands.xdel(self.dlq.as_str(), id).await?;
+    pub async fn delete(&self, id: EntryId) -> Result<bool, Error> {
+        let deleted: u64 = self
+            .commands
+            .xdel(self.dlq.as_str(), id.to_string())
+            .await?;
         Ok(deleted > 0)
     }
 
@@ -250,6 +305,69 @@ impl DeadLetters {
         let _: u64 = self.commands.del(self.dlq.as_str()).await?;
         Ok(length)
     }
+}
+
+/// A stream entry id, `<milliseconds>-<sequence>` with both parts in `u64`: the only form the
+/// admin API accepts for a dead letter. Checking it here means Redis never sees an id it would
+/// reject (its "Invalid stream ID" error is still mapped to a 400 by [`is_invalid_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EntryId {
+    /// Milliseconds part.
+    pub ms: u64,
+    /// Sequence part.
+    pub seq: u64,
+}
+
+/// Why a text is not an [`EntryId`]; the message says what form is expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidEntryId(String);
+
+impl fmt::Display for InvalidEntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidEntryId {}
+
+impl FromStr for EntryId {
+    type Err = InvalidEntryId;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        // Digits only: `u64::from_str` would also take a leading `+`.
+        fn part(digits: &str) -> Option<u64> {
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            digits.parse().ok()
+        }
+        let parsed = text.split_once('-').and_then(|(ms, seq)| {
+            Some(EntryId {
+                ms: part(ms)?,
+                seq: part(seq)?,
+            })
+        });
+        parsed.ok_or_else(|| {
+            let shown: String = text.chars().take(64).collect();
+            let ellipsis = if text.chars().count() > 64 { "…" } else { "" };
+            InvalidEntryId(format!(
+                "`{shown}{ellipsis}` is not a stream entry id: expected <milliseconds>-<sequence>, both whole numbers of at most {}, like 1700000000000-0; GET /api/dead-letters lists the ids",
+                u64::MAX
+            ))
+        })
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// True when Redis rejected a stream id ("Invalid stream ID"): the caller's input was wrong,
+/// not Redis. A second line of defence behind [`EntryId`]'s own check.
+pub fn is_invalid_id(err: &Error) -> bool {
+    err.details().contains("Invalid stream ID")
 }
 
 fn to_dead_letter(entry: StreamEntry) -> DeadLetter {
@@ -276,5 +394,75 @@ fn to_dead_letter(entry: StreamEntry) -> DeadLetter {
             SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms),
         )
         .to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids_are_two_u64_parts() {
+        assert_eq!(
+            "1700000000000-0".parse::<EntryId>(),
+            Ok(EntryId {
+                ms: 1_700_000_000_000,
+                seq: 0
+            })
+        );
+        let max = format!("{0}-{0}", u64::MAX);
+        assert_eq!(max.parse::<EntryId>().map(|id| id.to_string()), Ok(max));
+        // Leading zeros are the same id; it is sent to Redis in canonical form.
+        assert_eq!(
+            "0001-02".parse::<EntryId>().map(|id| id.to_string()),
+            Ok("1-2".to_string())
+        );
+    }
+
+    #[test]
+    fn ids_redis_would_reject_are_refused() {
+        for bad in [
+            "18446744073709551616-0",
+            "0-18446744073709551616",
+            "99999999999999999999999-0",
+            "+5-0",
+            "5-+0",
+            "-5-0",
+            "5",
+            "5-",
+            "-5",
+            "-",
+            "",
+            "5-0-0",
+            " 5-0",
+            "5-0 ",
+            "a-0",
+            "١-٠",
+            "*",
+            "+",
+        ] {
+            let err = bad.parse::<EntryId>().expect_err(bad);
+            assert!(err.to_string().contains("1700000000000-0"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_long_bad_id_is_shown_truncated() {
+        let err = "9".repeat(10_000).parse::<EntryId>().expect_err("too long");
+        assert!(err.to_string().len() < 400, "{err}");
+    }
+
+    #[test]
+    fn dead_letter_fields_all_carry_the_prefix_replay_drops() {
+        for field in [
+            fields::SOURCE_ID,
+            fields::REASON,
+            fields::ERROR,
+            fields::DELIVERIES,
+            fields::CONSUMER,
+            fields::AT_MS,
+        ] {
+            assert!(field.starts_with(FIELD_PREFIX), "{field}");
+        }
     }
 }

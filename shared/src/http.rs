@@ -312,6 +312,95 @@ where
     }
 }
 
+// --- Query and path extractors whose rejections are problems --------------------------------
+
+/// A query-string extractor whose rejections are [`Problem`]s: 400 with the request id, so a
+/// bad parameter (`?count=abc`, `?count=-1`, `?count=`) gets the same error body as every other
+/// error instead of axum's plain-text rejection.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(extractor_problem(
+                parts,
+                rejection.status(),
+                "Invalid query string",
+                format!(
+                    "{}; fix the query parameters (see /swagger for their types)",
+                    rejection.body_text()
+                ),
+            )),
+        }
+    }
+}
+
+/// A path-parameter extractor whose rejections are [`Problem`]s: 400 with the request id for a
+/// segment that does not decode (bad percent-encoding, not UTF-8, wrong type), instead of
+/// axum's plain-text rejection.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(extractor_problem(
+                parts,
+                rejection.status(),
+                "Invalid path parameter",
+                format!(
+                    "{}; fix the URL path (see /swagger for its parameters)",
+                    rejection.body_text()
+                ),
+            )),
+        }
+    }
+}
+
+/// The problem for an extractor rejection: 400 for anything the client sent; a 5xx rejection
+/// (a route declared without the parameter its handler extracts) is a bug of the service and
+/// stays a 500 saying so.
+fn extractor_problem(
+    parts: &axum::http::request::Parts,
+    status: StatusCode,
+    title: &str,
+    detail: String,
+) -> Problem {
+    let problem = if status.is_server_error() {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            format!("the route does not match its handler ({detail}); report this as a bug"),
+        )
+    } else {
+        Problem::new(StatusCode::BAD_REQUEST, "validation", title, detail)
+    };
+    match parts.extensions.get::<RequestId>() {
+        Some(id) => problem.with_request_id(id),
+        None => problem,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,15 +1,15 @@
 //! `/api/dead-letters`: list, replay and delete requests that could not be processed.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use shared::http::{Problem, RequestId};
+use shared::http::{ApiPath, ApiQuery, Problem, RequestId};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ProxyState;
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, EntryId, is_invalid_id};
 
 /// Most dead letters one call lists or replays.
 const MAX_BATCH: u64 = 1_000;
@@ -44,7 +44,18 @@ pub struct Replayed {
     pub replayed: u64,
 }
 
+/// The problem for a failed Redis call: 400 when Redis rejected the id (a second line of defence
+/// behind [`parse_id`]), 503 otherwise.
 fn redis_problem(err: fred::error::Error, request_id: &RequestId) -> Problem {
+    if is_invalid_id(&err) {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "validation",
+            "Invalid dead-letter id",
+            format!("Redis rejected the id ({err}); use an id from GET /api/dead-letters"),
+        )
+        .with_request_id(request_id);
+    }
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "redis-unavailable",
@@ -55,29 +66,20 @@ fn redis_problem(err: fred::error::Error, request_id: &RequestId) -> Problem {
     .with_request_id(request_id)
 }
 
-/// Stream entry ids look like `1700000000000-0`.
-fn check_id(id: &str, request_id: &RequestId) -> Result<(), Problem> {
-    let valid = match id.split_once('-') {
-        Some((ms, seq)) => {
-            !ms.is_empty()
-                && !seq.is_empty()
-                && (ms.bytes().chain(seq.bytes())).all(|b| b.is_ascii_digit())
-        }
-        None => false,
-    };
-    if valid && id.len() <= 41 {
-        return Ok(());
-    }
-    Err(Problem::new(
-        StatusCode::BAD_REQUEST,
-        "validation",
-        "Invalid dead-letter id",
-        format!("`{id}` is not a stream entry id like 1700000000000-0"),
-    )
-    .with_request_id(request_id))
+/// Dead-letter ids are stream entry ids, `<u64>-<u64>` like `1700000000000-0`.
+fn parse_id(id: &str, request_id: &RequestId) -> Result<EntryId, Problem> {
+    id.parse().map_err(|err| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "validation",
+            "Invalid dead-letter id",
+            format!("{err}"),
+        )
+        .with_request_id(request_id)
+    })
 }
 
-fn not_found(id: &str, request_id: &RequestId) -> Problem {
+fn not_found(id: EntryId, request_id: &RequestId) -> Problem {
     Problem::new(
         StatusCode::NOT_FOUND,
         "not-found",
@@ -96,7 +98,7 @@ fn not_found(id: &str, request_id: &RequestId) -> Problem {
 pub async fn list(
     State(state): State<ProxyState>,
     Extension(request_id): Extension<RequestId>,
-    Query(limit): Query<Limit>,
+    ApiQuery(limit): ApiQuery<Limit>,
 ) -> Result<Json<Vec<DeadLetter>>, Problem> {
     let count = limit.get(&request_id)?;
     state
@@ -107,7 +109,8 @@ pub async fn list(
         .map_err(|err| redis_problem(err, &request_id))
 }
 
-/// Puts one dead letter back on the request stream, with a fresh 30 s deadline.
+/// Puts one dead letter back on the request stream, with a fresh 30 s deadline. Atomic: of
+/// several concurrent replays of one id exactly one gets 200, the others 404.
 #[utoipa::path(post, path = "/api/dead-letters/{id}/replay", tag = "dead letters",
     params(("id" = String, Path, description = "Dead-letter id from the list")),
     responses(
@@ -120,17 +123,18 @@ pub async fn list(
 pub async fn replay_one(
     State(state): State<ProxyState>,
     Extension(request_id): Extension<RequestId>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Replayed>, Problem> {
-    check_id(&id, &request_id)?;
-    match state.dead_letters.replay(&id).await {
+    let entry_id = parse_id(&id, &request_id)?;
+    match state.dead_letters.replay(entry_id).await {
         Ok(Some(_)) => Ok(Json(Replayed { replayed: 1 })),
-        Ok(None) => Err(not_found(&id, &request_id)),
+        Ok(None) => Err(not_found(entry_id, &request_id)),
         Err(err) => Err(redis_problem(err, &request_id)),
     }
 }
 
-/// Puts up to `count` dead letters (oldest first) back on the request stream.
+/// Puts up to `count` dead letters (oldest first) back on the request stream. Only those present
+/// when the call starts: one that fails again during the call is not replayed a second time.
 #[utoipa::path(post, path = "/api/dead-letters/replay", tag = "dead letters", params(Limit), responses(
     (status = 200, description = "Replayed", body = Replayed),
     (status = 400, description = "Invalid count", body = Problem, content_type = "application/problem+json"),
@@ -139,7 +143,7 @@ pub async fn replay_one(
 pub async fn replay_all(
     State(state): State<ProxyState>,
     Extension(request_id): Extension<RequestId>,
-    Query(limit): Query<Limit>,
+    ApiQuery(limit): ApiQuery<Limit>,
 ) -> Result<Json<Replayed>, Problem> {
     let count = limit.get(&request_id)?;
     state
@@ -163,12 +167,12 @@ pub async fn replay_all(
 pub async fn delete_one(
     State(state): State<ProxyState>,
     Extension(request_id): Extension<RequestId>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, Problem> {
-    check_id(&id, &request_id)?;
-    match state.dead_letters.delete(&id).await {
+    let entry_id = parse_id(&id, &request_id)?;
+    match state.dead_letters.delete(entry_id).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Ok(false) => Err(not_found(&id, &request_id)),
+        Ok(false) => Err(not_found(entry_id, &request_id)),
         Err(err) => Err(redis_problem(err, &request_id)),
     }
 }
