@@ -13,13 +13,9 @@
 //! started, so an entry that fails again during the call is not replayed twice.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
-use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use serde::Serialize;
 use shared::protocol::{ReplyEntry, ReplyStatus, request_fields, unix_ms};
 use shared::redis::record_error;
@@ -39,11 +35,9 @@ pub const REASONS: &[&str] = &[
     "max_deliveries",
 ];
 
-/// Moves dead letters in an id range back to the request stream atomically; see the file for
-/// its keys, arguments and answer. Kept in `shared/lua/` so the docs and the code share one copy.
-pub const REPLAY_DEAD_LETTER: &str = include_str!("../../shared/lua/replay_dead_letter.lua");
-
-static REPLAY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::from_lua(REPLAY_DEAD_LETTER));
+/// Moves dead letters in an id range back to the request stream atomically; see
+/// `shared/lua/replay_dead_letter.lua` for its keys, arguments and answer.
+pub use shared::scripts::REPLAY_DEAD_LETTER_LUA as REPLAY_DEAD_LETTER;
 
 /// Most dead letters one replay script call moves: Redis serves nobody else while a script
 /// runs, so a large replay-all goes in calls of this size instead of one long pause.
@@ -267,7 +261,7 @@ impl DeadLetters {
             Value::from(deadline.to_string()),
             Value::from_static_str(FIELD_PREFIX),
         ];
-        let reply: Option<Vec<String>> = REPLAY_SCRIPT
+        let reply: Option<Vec<String>> = shared::scripts::REPLAY_DEAD_LETTER
             .evalsha_with_reload(&self.commands, keys, args)
             .await
             .inspect_err(|err| record_error("replay_dead_letter", err))?;
@@ -307,62 +301,9 @@ impl DeadLetters {
     }
 }
 
-/// A stream entry id, `<milliseconds>-<sequence>` with both parts in `u64`: the only form the
-/// admin API accepts for a dead letter. Checking it here means Redis never sees an id it would
-/// reject (its "Invalid stream ID" error is still mapped to a 400 by [`is_invalid_id`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct EntryId {
-    /// Milliseconds part.
-    pub ms: u64,
-    /// Sequence part.
-    pub seq: u64,
-}
-
-/// Why a text is not an [`EntryId`]; the message says what form is expected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidEntryId(String);
-
-impl fmt::Display for InvalidEntryId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InvalidEntryId {}
-
-impl FromStr for EntryId {
-    type Err = InvalidEntryId;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        // Digits only: `u64::from_str` would also take a leading `+`.
-        fn part(digits: &str) -> Option<u64> {
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            digits.parse().ok()
-        }
-        let parsed = text.split_once('-').and_then(|(ms, seq)| {
-            Some(EntryId {
-                ms: part(ms)?,
-                seq: part(seq)?,
-            })
-        });
-        parsed.ok_or_else(|| {
-            let shown: String = text.chars().take(64).collect();
-            let ellipsis = if text.chars().count() > 64 { "…" } else { "" };
-            InvalidEntryId(format!(
-                "`{shown}{ellipsis}` is not a stream entry id: expected <milliseconds>-<sequence>, both whole numbers of at most {}, like 1700000000000-0; GET /api/dead-letters lists the ids",
-                u64::MAX
-            ))
-        })
-    }
-}
-
-impl fmt::Display for EntryId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
+/// Dead letters are named by their stream entry id; only the strict `<u64>-<u64>` form is
+/// accepted, so Redis never sees an id it would reject.
+pub use shared::streams::EntryId;
 
 /// True when Redis rejected a stream id ("Invalid stream ID"): the caller's input was wrong,
 /// not Redis. A second line of defence behind [`EntryId`]'s own check.

@@ -16,6 +16,14 @@ pub const ENQUEUE_LUA: &str = include_str!("../lua/enqueue.lua");
 /// the file's header for its keys, arguments and result.
 pub const REPLY_AND_ACK_LUA: &str = include_str!("../lua/reply_and_ack.lua");
 
+/// Source of `shared/lua/replay_dead_letter.lua`: the proxy's atomic dead-letter replay (read,
+/// XADD back with a fresh deadline, XDEL from the DLQ). See the file's header.
+pub const REPLAY_DEAD_LETTER_LUA: &str = include_str!("../lua/replay_dead_letter.lua");
+
+/// [`REPLAY_DEAD_LETTER_LUA`], hashed once; called with EVALSHA (loaded on NOSCRIPT).
+pub static REPLAY_DEAD_LETTER: LazyLock<Script> =
+    LazyLock::new(|| Script::from_lua(REPLAY_DEAD_LETTER_LUA));
+
 /// [`ENQUEUE_LUA`], hashed once; called with EVALSHA (loaded on NOSCRIPT).
 pub static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(ENQUEUE_LUA));
 

@@ -474,7 +474,14 @@ impl std::str::FromStr for EntryId {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let invalid = || format!("`{text}` is not a stream entry id like 1700000000000-0");
+        let invalid = || {
+            let shown: String = text.chars().take(64).collect();
+            let ellipsis = if text.chars().count() > 64 { "…" } else { "" };
+            format!(
+                "`{shown}{ellipsis}` is not a stream entry id: expected <milliseconds>-<sequence>, both whole numbers of at most {}, like 1700000000000-0",
+                u64::MAX
+            )
+        };
         let (ms, seq) = text.split_once('-').ok_or_else(invalid)?;
         let number = |part: &str| {
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {

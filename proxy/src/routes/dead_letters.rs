@@ -73,7 +73,7 @@ fn parse_id(id: &str, request_id: &RequestId) -> Result<EntryId, Problem> {
             StatusCode::BAD_REQUEST,
             "validation",
             "Invalid dead-letter id",
-            format!("{err}"),
+            format!("{err}; GET /api/dead-letters lists the ids"),
         )
         .with_request_id(request_id)
     })
