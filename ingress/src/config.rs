@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use shared::config::{
-    BreakerArgs, LogFormat, RedisSettings, parse_duration, parse_positive_duration,
+    BreakerArgs, CheckSettings, LogFormat, RedisSettings, parse_duration, parse_positive_duration,
 };
 
 /// Configuration of the ingress (HTTP front door). See README for the table of settings.
@@ -77,5 +77,11 @@ impl IngressConfig {
         self.instance_id
             .clone()
             .unwrap_or_else(|| shared::config::unique_process_name("ingress"))
+    }
+}
+
+impl CheckSettings for IngressConfig {
+    fn check_settings(&self) -> Result<(), String> {
+        self.redis.check_settings()
     }
 }

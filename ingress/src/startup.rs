@@ -9,6 +9,7 @@ use anyhow::Context;
 use fred::prelude::*;
 use shared::redis::{ConnectionWatch, MemoryState, connect, ensure_group, wait_connected};
 use shared::resilience::CircuitBreaker;
+use shared::secrets::redact_url;
 use shared::streams::{SamplerSettings, spawn_sampler};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -51,8 +52,8 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {} (LISTEN_ADDR)", config.listen_addr))?;
-        let commands = connect(&config.redis).context("invalid REDIS_URL")?;
-        let blocking = connect(&config.redis).context("invalid REDIS_URL")?;
+        let commands = connect(&config.redis).context("invalid Redis settings")?;
+        let blocking = connect(&config.redis).context("invalid Redis settings")?;
         let connection = ConnectionWatch::start(&commands);
         let instance_id = config.resolved_instance_id();
         let reply_stream = format!("{}:{}", config.reply_stream_prefix, instance_id);
@@ -85,7 +86,7 @@ impl Application {
             .await
             .context("cannot create the reply stream")?;
         } else {
-            tracing::warn!(redis_url = %redact(&config.redis.redis_url), "Redis does not answer yet; serving 503 until it does");
+            tracing::warn!(redis_url = %redact_url(&config.redis.redis_url), "Redis does not answer yet; serving 503 until it does");
         }
         Ok(Application {
             config,
@@ -247,15 +248,4 @@ impl Application {
 /// Builds the application and runs it until `shutdown` is cancelled.
 pub async fn run(config: IngressConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     Application::build(config).await?.run(shutdown).await
-}
-
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match url.split_once('@') {
-        Some((scheme_and_auth, host)) => {
-            let scheme = scheme_and_auth.split("://").next().unwrap_or("redis");
-            format!("{scheme}://***@{host}")
-        }
-        None => url.to_string(),
-    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use shared::config::{
-    BreakerArgs, LogFormat, RedisSettings, parse_duration, parse_positive_duration,
+    BreakerArgs, CheckSettings, LogFormat, RedisSettings, parse_duration, parse_positive_duration,
 };
 
 /// Configuration of the proxy (the worker). See README for the table of settings.
@@ -134,6 +134,12 @@ impl std::fmt::Display for DelayRange {
         } else {
             write!(f, "{}-{}", self.min_ms, self.max_ms)
         }
+    }
+}
+
+impl CheckSettings for ProxyConfig {
+    fn check_settings(&self) -> Result<(), String> {
+        self.redis.check_settings()
     }
 }
 

@@ -10,6 +10,7 @@ use anyhow::Context;
 use fred::prelude::*;
 use shared::redis::{connect, ensure_group, wait_connected};
 use shared::resilience::CircuitBreaker;
+use shared::secrets::redact_url;
 use shared::streams::{SamplerSettings, spawn_sampler};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -44,8 +45,8 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {} (LISTEN_ADDR)", config.listen_addr))?;
-        let commands = connect(&config.redis).context("invalid REDIS_URL")?;
-        let blocking = connect(&config.redis).context("invalid REDIS_URL")?;
+        let commands = connect(&config.redis).context("invalid Redis settings")?;
+        let blocking = connect(&config.redis).context("invalid Redis settings")?;
         let breaker = Arc::new(CircuitBreaker::new("proxy", config.breaker.settings()));
         let reconnect_breaker = breaker.clone();
         let _reconnect_listener = commands.on_reconnect(move |_server| {
@@ -62,7 +63,10 @@ impl Application {
             .await
             .context("cannot create the consumer group")?;
         } else {
-            tracing::warn!("Redis does not answer yet; will start consuming when it does");
+            tracing::warn!(
+                redis_url = %redact_url(&config.redis.redis_url),
+                "Redis does not answer yet; will start consuming when it does"
+            );
         }
         let consumer_name = config.resolved_consumer_name();
         Ok(Application {

@@ -11,6 +11,7 @@
 3. Policy: the hardening, probes and shutdown timing that issue #5 asks for.
 
 Usage: validate_k8s.py RENDERED.yaml [--k8s-version 1.30.0 ...] [--label NAME]
+                      [--external-secret NAME ...]   (Secrets created outside the render)
 Prints one line per problem and a summary; exits 1 if anything failed.
 """
 
@@ -126,8 +127,12 @@ def selector_matches(selector: dict, labels: dict) -> bool:
     return True
 
 
-def check_references(objs: list[dict], errors: list[str]) -> int:
+def check_references(objs: list[dict], errors: list[str], external_secrets: tuple[str, ...] = ()) -> int:
     names = {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in objs}
+    # Secrets the operator creates outside the render (e.g. TLS certificates): present in
+    # every namespace of the render.
+    names |= {("Secret", o["metadata"]["name"], secret) for o in objs if o["kind"] == "Namespace"
+              for secret in external_secrets}
     namespaces = {o["metadata"]["name"] for o in objs if o["kind"] == "Namespace"}
     workloads = [o for o in objs if o["kind"] in WORKLOAD_KINDS]
     checked = 0
@@ -295,11 +300,7 @@ def check_policy(objs: list[dict], errors: list[str]) -> int:
         grace = spec.get("terminationGracePeriodSeconds", 30)
         expect(grace > pre_sleep + drain,
                f"{who}: terminationGracePeriodSeconds {grace} must exceed preStop {pre_sleep}s + DRAIN_TIMEOUT {drain}s")
-        expect("REDIS_URL" in env_names and "REDIS_PASSWORD" in env_names
-               and env_names.index("REDIS_PASSWORD") < env_names.index("REDIS_URL"),
-               f"{who}: REDIS_PASSWORD must be defined before REDIS_URL for $(REDIS_PASSWORD) to expand")
-        url = next((e.get("value", "") for e in env if e["name"] == "REDIS_URL"), "")
-        expect("$(REDIS_PASSWORD)" in url, f"{who}: REDIS_URL must embed $(REDIS_PASSWORD)")
+        check_redis_secrets(who, spec, c, errors)
         ann = o["spec"]["template"]["metadata"].get("annotations", {})
         port = next((p["containerPort"] for p in c.get("ports", []) if p.get("name") == "http"), None)
         expect(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == str(port),
@@ -315,6 +316,46 @@ def check_policy(objs: list[dict], errors: list[str]) -> int:
     return checked
 
 
+def check_redis_secrets(who: str, spec: dict, c: dict, errors: list[str]) -> None:
+    """The services get the Redis password and TLS files as mounted Secret files, never as
+    environment values: REDIS_URL carries no password, no variable comes from a Secret, and
+    every *_FILE setting points into a volume mounted from a Secret (redis-auth for the
+    password). A rediss:// URL needs the CA file unless the system trust store is meant."""
+    def expect(ok, message):
+        if not ok:
+            errors.append(message)
+
+    env = {e["name"]: e for e in c.get("env", [])}
+    values = {name: e.get("value", "") for name, e in env.items()}
+    url = values.get("REDIS_URL", "")
+    expect(url.startswith(("redis://", "rediss://")), f"{who}: REDIS_URL must be set to a redis:// or rediss:// URL")
+    expect(not re.search(r"://[^/@]*:[^/@]*@", url),
+           f"{who}: REDIS_URL must not carry a password; mount it and set REDIS_PASSWORD_FILE")
+    for name, e in env.items():
+        expect("secretKeyRef" not in e.get("valueFrom", {}),
+               f"{who}: {name} takes a Secret value into the environment; mount the Secret and use a *_FILE setting")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounts = [(m["mountPath"].rstrip("/") + "/", m["name"]) for m in c.get("volumeMounts", [])]
+
+    def secret_of(path: str) -> str | None:
+        for prefix, volume in mounts:
+            if path.startswith(prefix):
+                return volumes.get(volume, {}).get("secret", {}).get("secretName")
+        return None
+
+    expect("REDIS_PASSWORD_FILE" in values, f"{who}: REDIS_PASSWORD_FILE must be set (Redis requires a password)")
+    for name, path in values.items():
+        if name.startswith("REDIS_") and name.endswith("_FILE"):
+            expect(secret_of(path) is not None, f"{who}: {name}={path} is not in a volume mounted from a Secret")
+    if "REDIS_PASSWORD_FILE" in values:
+        expect(secret_of(values["REDIS_PASSWORD_FILE"]) == "redis-auth",
+               f"{who}: REDIS_PASSWORD_FILE must come from Secret redis-auth")
+    if url.startswith("rediss://"):
+        expect("REDIS_TLS_CA_FILE" in values, f"{who}: rediss:// without REDIS_TLS_CA_FILE trusts only public CAs")
+    has_cert, has_key = "REDIS_TLS_CERT_FILE" in values, "REDIS_TLS_KEY_FILE" in values
+    expect(has_cert == has_key, f"{who}: REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together")
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -323,6 +364,8 @@ def main() -> int:
     ap.add_argument("rendered")
     ap.add_argument("--k8s-version", action="append", default=[])
     ap.add_argument("--label", default="")
+    ap.add_argument("--external-secret", action="append", default=[],
+                    help="a Secret created outside the render (may be repeated)")
     args = ap.parse_args()
     versions = args.k8s_version or ["1.30.0"]
     label = args.label or args.rendered
@@ -340,7 +383,7 @@ def main() -> int:
         else:
             check_builtin_schema(obj, versions, errors)
             builtin += 1
-    refs = check_references(objs, errors)
+    refs = check_references(objs, errors, tuple(args.external_secret))
     policies = check_policy(objs, errors)
 
     summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))

@@ -4,16 +4,45 @@
 //! the variable names). Values are validated while parsing so that a bad setting stops the
 //! process with one line naming it, before anything starts.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
-/// Where Redis is and which stream/group carries the requests.
-#[derive(Debug, Clone, Args)]
+use crate::secrets::{Secret, read_secret_file, redact_url};
+use crate::tls::{self, CaCertificates, CertificateChain, PrivateKey};
+
+/// Where Redis is, how to log in and talk TLS to it, and which stream/group carries the requests.
+///
+/// Files named here (CA, client certificate and key, password) are read and checked while the
+/// settings are parsed: a missing or unreadable file stops the service at start with one line
+/// naming the setting. `Debug` never prints the password (see [`crate::secrets`]).
+#[derive(Clone, Args)]
 pub struct RedisSettings {
-    /// Redis URL: redis://host:port, rediss:// for TLS, redis://user:password@host:port for ACL users.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url)]
+    /// Redis URL: redis://host:port, rediss:// for TLS, redis://user@host:port for an ACL user
+    /// (password from REDIS_PASSWORD_FILE), or redis://user:password@host:port.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+
+    /// File holding the Redis password (one line). Used with the user named in REDIS_URL, or
+    /// the default user when REDIS_URL names none. Keeps the password out of the environment.
+    #[arg(long, env = "REDIS_PASSWORD_FILE", value_parser = PasswordFile::load)]
+    pub redis_password_file: Option<PasswordFile>,
+
+    /// PEM file of the CA(s) that signed the Redis server's certificate (rediss:// only).
+    /// Replaces the system trust store for Redis connections.
+    #[arg(long, env = "REDIS_TLS_CA_FILE", value_parser = CaCertificates::load)]
+    pub redis_tls_ca_file: Option<CaCertificates>,
+
+    /// PEM client certificate (chain) for servers that require one (`tls-auth-clients yes`).
+    /// Needs REDIS_TLS_KEY_FILE.
+    #[arg(long, env = "REDIS_TLS_CERT_FILE", value_parser = CertificateChain::load)]
+    pub redis_tls_cert_file: Option<CertificateChain>,
+
+    /// PEM private key of REDIS_TLS_CERT_FILE.
+    #[arg(long, env = "REDIS_TLS_KEY_FILE", value_parser = PrivateKey::load)]
+    pub redis_tls_key_file: Option<PrivateKey>,
 
     /// Stream the ingress writes requests to and the proxies read from.
     #[arg(long, env = "REQUEST_STREAM", default_value = "weather-requests", value_parser = parse_key)]
@@ -28,6 +57,115 @@ pub struct RedisSettings {
     /// request write as unconfirmed).
     #[arg(long, env = "REDIS_COMMAND_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub redis_command_timeout: Duration,
+}
+
+impl RedisSettings {
+    /// The fred client configuration these settings describe: the URL, the password from
+    /// REDIS_PASSWORD_FILE, and the TLS configuration from the CA/certificate/key files.
+    ///
+    /// Called once while parsing (so conflicts stop the service at start) and again for each
+    /// client. Errors name the setting to fix and never contain the password.
+    pub fn client_config(&self) -> Result<fred::prelude::Config, String> {
+        let tls_scheme = uses_tls(&self.redis_url);
+        let mut config = parse_redis_url(&self.redis_url)?;
+        if let Some(file) = &self.redis_password_file {
+            if config.password.is_some() {
+                return Err(format!(
+                    "REDIS_PASSWORD_FILE is set but REDIS_URL ({}) has a password too; remove the password from REDIS_URL",
+                    redact_url(&self.redis_url)
+                ));
+            }
+            config.password = Some(file.secret.expose().to_string());
+        }
+        let identity = match (&self.redis_tls_cert_file, &self.redis_tls_key_file) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err("REDIS_TLS_CERT_FILE is set but REDIS_TLS_KEY_FILE is not; set both for a client certificate".into());
+            }
+            (None, Some(_)) => {
+                return Err("REDIS_TLS_KEY_FILE is set but REDIS_TLS_CERT_FILE is not; set both for a client certificate".into());
+            }
+        };
+        if !tls_scheme {
+            if let Some(setting) = [
+                self.redis_tls_ca_file.as_ref().map(|_| "REDIS_TLS_CA_FILE"),
+                identity.map(|_| "REDIS_TLS_CERT_FILE"),
+            ]
+            .into_iter()
+            .flatten()
+            .next()
+            {
+                return Err(format!(
+                    "{setting} is set but REDIS_URL ({}) does not use TLS; use rediss:// to turn TLS on",
+                    redact_url(&self.redis_url)
+                ));
+            }
+            return Ok(config);
+        }
+        let rustls_config = tls::client_config(self.redis_tls_ca_file.as_ref(), identity)?;
+        config.tls = Some(fred::types::config::TlsConfig {
+            connector: fred::types::config::TlsConnector::from(rustls_config),
+            hostnames: fred::types::config::TlsHostMapping::None,
+        });
+        Ok(config)
+    }
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_password_file", &self.redis_password_file)
+            .field("redis_tls_ca_file", &self.redis_tls_ca_file)
+            .field("redis_tls_cert_file", &self.redis_tls_cert_file)
+            .field("redis_tls_key_file", &self.redis_tls_key_file)
+            .field("request_stream", &self.request_stream)
+            .field("consumer_group", &self.consumer_group)
+            .finish()
+    }
+}
+
+/// The Redis password read from REDIS_PASSWORD_FILE. `Debug` shows only the path.
+#[derive(Clone)]
+pub struct PasswordFile {
+    path: PathBuf,
+    secret: Secret,
+}
+
+impl PasswordFile {
+    /// Reads the password file at `path` (a clap value parser).
+    pub fn load(path: &str) -> Result<Self, String> {
+        let path = PathBuf::from(path);
+        let secret = read_secret_file(&path)?;
+        Ok(PasswordFile { path, secret })
+    }
+}
+
+impl fmt::Debug for PasswordFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PasswordFile({})", self.path.display())
+    }
+}
+
+/// Whether the URL's scheme asks for TLS (`rediss`, `valkeys`, and their `-cluster` and
+/// `-sentinel` forms), the same test fred applies.
+fn uses_tls(url: &str) -> bool {
+    let scheme = url
+        .split_once("://")
+        .map(|(scheme, _)| scheme)
+        .unwrap_or("");
+    scheme.starts_with("rediss") || scheme.starts_with("valkeys")
+}
+
+/// The URL with `rediss`/`valkeys` turned into `redis`/`valkey` (the rest unchanged).
+fn plain_twin(url: &str) -> String {
+    for (tls, plain) in [("rediss", "redis"), ("valkeys", "valkey")] {
+        if let Some(rest) = url.strip_prefix(tls) {
+            return format!("{plain}{rest}");
+        }
+    }
+    url.to_string()
 }
 
 /// Thresholds of the circuit breaker around Redis.
@@ -95,15 +233,19 @@ pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
 }
 
 /// Checks that the URL is one fred can connect with, so a typo fails at start-up, not later.
-fn parse_redis_url(value: &str) -> Result<String, String> {
-    fred::prelude::Config::from_url(value)
-        .map(|_| value.to_string())
-        .map_err(|e| {
-            format!(
-                "not a Redis URL ({}); expected redis://[user:password@]host:port",
-                e.details()
-            )
-        })
+/// The message shows the URL without its password.
+///
+/// A TLS URL is parsed as its plain twin: fred would otherwise load the system trust store (and
+/// fail where there is none) for a TLS configuration that [`RedisSettings::client_config`]
+/// replaces anyway.
+fn parse_redis_url(value: &str) -> Result<fred::prelude::Config, String> {
+    fred::prelude::Config::from_url(&plain_twin(value)).map_err(|e| {
+        format!(
+            "REDIS_URL ({}) is not a Redis URL ({}); expected redis://[user[:password]@]host:port or rediss://…",
+            redact_url(value),
+            e.details()
+        )
+    })
 }
 
 /// Stream and group names: non-empty, printable, no spaces (they are used as Redis keys).
@@ -117,10 +259,24 @@ fn parse_key(value: &str) -> Result<String, String> {
     Ok(value.to_string())
 }
 
-/// Parses argv/env into `T`, printing a one-line error naming the setting and exiting with
-/// status 2 on bad configuration (help and version still print normally).
-pub fn parse_or_exit<T: clap::Parser>(service: &str) -> T {
-    match T::try_parse() {
+/// Checks that involve more than one setting or a file's contents together (clap checks each
+/// setting alone). The message names the setting to fix.
+pub trait CheckSettings {
+    /// `Err(one line naming the setting)` when the settings cannot work together.
+    fn check_settings(&self) -> Result<(), String>;
+}
+
+impl CheckSettings for RedisSettings {
+    fn check_settings(&self) -> Result<(), String> {
+        self.client_config().map(|_| ())
+    }
+}
+
+/// Parses argv/env into `T` and runs its [`CheckSettings`], printing a one-line error naming
+/// the setting and exiting with status 2 on bad configuration (help and version still print
+/// normally).
+pub fn parse_or_exit<T: clap::Parser + CheckSettings>(service: &str) -> T {
+    let config = match T::try_parse() {
         Ok(config) => config,
         Err(err) => {
             use clap::error::ErrorKind;
@@ -136,10 +292,19 @@ pub fn parse_or_exit<T: clap::Parser>(service: &str) -> T {
                 .find(|line| !line.trim().is_empty())
                 .unwrap_or("invalid configuration")
                 .trim_start_matches("error: ");
-            eprintln!("{service}: invalid configuration: {first_line}");
-            std::process::exit(2);
+            exit_invalid(service, first_line);
         }
+    };
+    if let Err(message) = config.check_settings() {
+        exit_invalid(service, &message);
     }
+    config
+}
+
+fn exit_invalid(service: &str, message: &str) -> ! {
+    let one_line = message.replace(['\n', '\r'], " ");
+    eprintln!("{service}: invalid configuration: {one_line}");
+    std::process::exit(2);
 }
 
 #[cfg(test)]
@@ -159,7 +324,68 @@ mod tests {
     fn redis_urls_are_checked() {
         assert!(parse_redis_url("redis://127.0.0.1:6379").is_ok());
         assert!(parse_redis_url("redis://user:secret@redis:6380/0").is_ok());
+        assert!(parse_redis_url("rediss://user@redis:6380/0").is_ok());
         assert!(parse_redis_url("not a url").is_err());
+        let err = parse_redis_url("redis://user:s3cret@redis:port").unwrap_err();
+        assert!(
+            err.contains("REDIS_URL") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
+
+    fn settings(url: &str) -> RedisSettings {
+        RedisSettings {
+            redis_url: url.into(),
+            redis_password_file: None,
+            redis_tls_ca_file: None,
+            redis_tls_cert_file: None,
+            redis_tls_key_file: None,
+            request_stream: "s".into(),
+            consumer_group: "g".into(),
+            redis_command_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn tls_schemes_are_recognised_and_parsed_as_their_plain_twins() {
+        assert!(uses_tls("rediss://h:1") && uses_tls("rediss-sentinel://h:1"));
+        assert!(uses_tls("valkeys://h:1") && !uses_tls("redis://h:1"));
+        assert_eq!(plain_twin("rediss-cluster://h:1"), "redis-cluster://h:1");
+        assert_eq!(plain_twin("valkeys://h:1"), "valkey://h:1");
+        assert_eq!(plain_twin("redis://h:1"), "redis://h:1");
+        let config = settings("rediss://127.0.0.1:6380").client_config();
+        assert!(config.is_ok_and(|c| c.tls.is_some()));
+        let config = settings("redis://127.0.0.1:6380").client_config();
+        assert!(config.is_ok_and(|c| c.tls.is_none()));
+    }
+
+    #[test]
+    fn a_password_file_fills_in_the_password_and_refuses_a_second_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        let file = PasswordFile::load(path.to_str().expect("utf-8 path")).expect("load");
+        let mut with_user = settings("redis://ingress@redis:6379");
+        with_user.redis_password_file = Some(file.clone());
+        let config = with_user.client_config().expect("config");
+        assert_eq!(config.username.as_deref(), Some("ingress"));
+        assert_eq!(config.password.as_deref(), Some("s3cret"));
+        assert!(!format!("{with_user:?}").contains("s3cret"));
+
+        let mut twice = settings("redis://ingress:other@redis:6379");
+        twice.redis_password_file = Some(file);
+        let err = twice.client_config().unwrap_err();
+        assert!(err.starts_with("REDIS_PASSWORD_FILE"), "{err}");
+        assert!(!err.contains("other") && !err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn the_debug_form_hides_the_url_password() {
+        let shown = format!("{:?}", settings("redis://u:s3cret@redis:6379"));
+        assert!(
+            !shown.contains("s3cret") && shown.contains("redis:6379"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -11,15 +11,25 @@ use std::time::Duration;
 use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
 
-/// Builds a client for the configured Redis and starts connecting in the background.
+use crate::config::RedisSettings;
+use crate::redis_problems;
+use crate::secrets::redact_url;
+
+/// Builds a client for the Redis described by `settings` (URL, password file, TLS files) and
+/// starts connecting in the background.
 ///
 /// The client reconnects forever with exponential backoff capped at 1 s, so after a Redis
 /// outage both services resume within about a second of Redis returning, without a restart.
 /// The first connection attempt is not awaited: a service starts (and reports not-ready)
 /// while Redis is still coming up, instead of crash-looping. Every command times out after
 /// REDIS_COMMAND_TIMEOUT, which bounds how long a caller can hang when Redis stalls.
-pub fn connect(settings: &crate::config::RedisSettings) -> Result<Client, Error> {
-    let mut config = Config::from_url(&settings.redis_url)?;
+///
+/// Failed attempts are reported through [`crate::redis_problems`]: counted, and logged once
+/// per cause (with the URL's password cut out), not once per retry.
+pub fn connect(settings: &RedisSettings) -> Result<Client, Error> {
+    let mut config = settings
+        .client_config()
+        .map_err(|message| Error::new(fred::error::ErrorKind::Config, message))?;
     // Retry the very first connection too instead of failing the process.
     config.fail_fast = false;
     let client = Builder::from_config(config)
@@ -37,9 +47,23 @@ pub fn connect(settings: &crate::config::RedisSettings) -> Result<Client, Error>
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
         .build()?;
+    report_connection_problems(&client, redact_url(&settings.redis_url));
     // The connection task runs until `quit`; errors surface on commands and in readiness.
     let _connection_task = client.connect();
     Ok(client)
+}
+
+/// Feeds the client's connection events to [`crate::redis_problems`]. The listener tasks end
+/// when the client is dropped or quits.
+fn report_connection_problems(client: &Client, redis_url: String) {
+    let _errors = client.on_error(move |(error, _server)| {
+        redis_problems::record_failure(&error, &redis_url);
+        async { Ok(()) }
+    });
+    let _connected = client.on_reconnect(|_server| {
+        redis_problems::record_connected();
+        async { Ok(()) }
+    });
 }
 
 /// Waits up to `timeout` for the client's first connection. Used at start-up only to log
@@ -207,24 +231,36 @@ impl ConnectionWatch {
     pub fn start(client: &Client) -> std::sync::Arc<Self> {
         let (up, _) = tokio::sync::watch::channel(false);
         let watch = std::sync::Arc::new(ConnectionWatch { up });
-        let (on_error, on_reconnect) = (watch.clone(), watch.clone());
-        let _listener = client.on_any(
-            move |(error, _server)| {
-                use fred::error::ErrorKind;
-                if matches!(
-                    error.kind(),
-                    ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout
-                ) {
-                    on_error.up.send_replace(false);
+        // One task for both kinds of event, so they are seen in the order they happened.
+        // (fred's `on_any` panics in its select! once the client quits and every channel
+        // closes; this loop just ends.)
+        let mut errors = client.error_rx();
+        let mut reconnects = client.reconnect_rx();
+        let listener = watch.clone();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                tokio::select! {
+                    event = errors.recv() => match event {
+                        Ok((error, _server)) => {
+                            use fred::error::ErrorKind;
+                            if matches!(error.kind(), ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout) {
+                                listener.up.send_replace(false);
+                            }
+                        }
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    },
+                    event = reconnects.recv() => match event {
+                        Ok(_server) => {
+                            listener.up.send_replace(true);
+                        }
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    },
                 }
-                async { Ok(()) }
-            },
-            move |_server| {
-                on_reconnect.up.send_replace(true);
-                async { Ok(()) }
-            },
-            |_changes| async { Ok(()) },
-        );
+            }
+        });
         // Connected before the listener started: its reconnect event was missed.
         if client.is_connected() {
             watch.up.send_replace(true);
@@ -265,7 +301,10 @@ pub fn record_error(operation: &'static str, err: &Error) {
 /// Measures a PING round trip, for health endpoints.
 pub async fn ping_ms(client: &Client, timeout: Duration) -> Result<f64, String> {
     if !client.is_connected() {
-        return Err("not connected to Redis".into());
+        return Err(match redis_problems::latest() {
+            Some(cause) => format!("not connected to Redis: {}", cause.summary()),
+            None => "not connected to Redis".into(),
+        });
     }
     let started = std::time::Instant::now();
     match tokio::time::timeout(timeout, client.ping::<String>(None)).await {

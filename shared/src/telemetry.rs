@@ -106,6 +106,10 @@ pub fn register_common_metrics() {
         "HTTP request duration, by method, route and status"
     );
     describe_counter!("redis_errors_total", "Failed Redis calls, by operation");
+    describe_counter!(
+        "redis_connection_errors_total",
+        "Failed connection attempts to Redis and dropped connections, by cause (TLS, auth, unreachable, ...)"
+    );
     describe_gauge!(
         "stream_length",
         "Entries in the request stream (waiting + being processed), sampled"
@@ -124,6 +128,9 @@ pub fn register_common_metrics() {
     );
     for operation in REDIS_OPERATIONS {
         metrics::counter!("redis_errors_total", "operation" => *operation).absolute(0);
+    }
+    for cause in crate::redis_problems::Cause::ALL {
+        metrics::counter!("redis_connection_errors_total", "cause" => cause.label()).absolute(0);
     }
 }
 

@@ -10,6 +10,9 @@ use std::time::Duration;
 use fred::prelude::*;
 use tokio::process::{Child, Command};
 
+mod pki;
+pub use pki::TestPki;
+
 /// Asks the OS for a free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -36,11 +39,24 @@ where
 
 /// A `redis-server` owned by one test, on its own port and directory, killed on drop.
 pub struct RedisServer {
-    /// Port it listens on (127.0.0.1).
+    /// Port it listens on (127.0.0.1): plain text, or TLS only for [`RedisServer::start_tls`].
     pub port: u16,
     dir: tempfile::TempDir,
     extra_args: Vec<String>,
+    tls: bool,
     child: Option<Child>,
+}
+
+/// How [`RedisServer::start_tls`] sets up TLS (files usually from a [`TestPki`]).
+pub struct TlsOptions {
+    /// `tls-cert-file`: the server's certificate.
+    pub cert: PathBuf,
+    /// `tls-key-file`: its key.
+    pub key: PathBuf,
+    /// `tls-ca-cert-file`: the CA client certificates must be signed by.
+    pub ca: PathBuf,
+    /// `tls-auth-clients yes` (mutual TLS) when true, `no` otherwise.
+    pub auth_clients: bool,
 }
 
 impl RedisServer {
@@ -49,12 +65,43 @@ impl RedisServer {
         Self::start_with(&["--save", "", "--appendonly", "no"]).await
     }
 
-    /// Starts a server with extra arguments (e.g. `--appendonly yes`).
+    /// Starts a server with extra arguments (e.g. `--appendonly yes`, `--requirepass pw`).
     pub async fn start_with(extra_args: &[&str]) -> Self {
         let mut server = RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir for redis"),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            tls: false,
+            child: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// Starts a server that speaks TLS only (`--port 0 --tls-port <port>`), without
+    /// persistence. It logs to a file ([`RedisServer::log`]), where each refused handshake is
+    /// an "Error accepting a client connection" line.
+    pub async fn start_tls(options: &TlsOptions) -> Self {
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        let extra_args = vec![
+            "--tls-cert-file".to_string(),
+            path(&options.cert),
+            "--tls-key-file".into(),
+            path(&options.key),
+            "--tls-ca-cert-file".into(),
+            path(&options.ca),
+            "--tls-auth-clients".into(),
+            if options.auth_clients { "yes" } else { "no" }.into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+        ];
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir for redis"),
+            extra_args,
+            tls: true,
             child: None,
         };
         server.spawn().await;
@@ -63,9 +110,20 @@ impl RedisServer {
 
     async fn spawn(&mut self) {
         let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&binary)
-            .arg("--port")
-            .arg(self.port.to_string())
+        let mut command = Command::new(&binary);
+        if self.tls {
+            command
+                .arg("--port")
+                .arg("0")
+                .arg("--tls-port")
+                .arg(self.port.to_string())
+                .arg("--logfile")
+                .arg(self.log_path());
+        } else {
+            command.arg("--port").arg(self.port.to_string());
+        }
+        let readies_before = self.log().matches(READY_LINE).count();
+        let child = command
             .arg("--bind")
             .arg("127.0.0.1")
             .arg("--dir")
@@ -79,22 +137,55 @@ impl RedisServer {
                 panic!("cannot start {binary} ({e}); install it: apt-get install -y redis-server")
             });
         self.child = Some(child);
-        let port = self.port;
-        wait_until(
-            "redis-server to accept connections",
-            Duration::from_secs(10),
-            || async move { redis_ping(port).await },
-        )
-        .await;
+        if self.tls {
+            // A plain PING cannot pass a TLS port; the server's log says when it is ready.
+            let log_path = self.log_path();
+            let ready = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    if log.matches(READY_LINE).count() > readies_before {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            assert!(
+                ready.is_ok(),
+                "TLS redis-server did not become ready in 10 s; its log:\n{}",
+                self.log()
+            );
+        } else {
+            let port = self.port;
+            wait_until(
+                "redis-server to accept connections",
+                Duration::from_secs(10),
+                || async move { redis_ping(port).await },
+            )
+            .await;
+        }
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// What a TLS server wrote to its log file so far (empty for plain servers, which log
+    /// nowhere).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `redis://127.0.0.1:<port>`, or `rediss://…` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
-    /// A connected client for inspecting Redis state from the test.
+    /// A connected client for inspecting Redis state from the test (plain servers without a
+    /// password only).
     pub async fn client(&self) -> Client {
+        assert!(!self.tls, "RedisServer::client does not speak TLS");
         let client = Builder::from_config(Config::from_url(&self.url()).expect("redis url"))
             .build()
             .expect("build client");
@@ -138,6 +229,10 @@ impl RedisServer {
     }
 }
 
+/// What redis-server logs once it listens (7.0: "Ready to accept connections"; 7.2 adds the
+/// listener type after it).
+const READY_LINE: &str = "Ready to accept connections";
+
 async fn redis_ping(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
@@ -147,7 +242,11 @@ async fn redis_ping(port: u16) -> bool {
         return false;
     }
     let mut buf = [0u8; 16];
-    matches!(stream.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"+PONG"))
+    // A server started with --requirepass answers NOAUTH: it is up all the same.
+    matches!(
+        stream.read(&mut buf).await,
+        Ok(n) if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH")
+    )
 }
 
 /// Path of a workspace binary (`ingress`, `proxy`, `load-test`) next to the test executable.
