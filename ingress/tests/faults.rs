@@ -521,6 +521,7 @@ async fn a_request_that_crashes_every_proxy_is_dead_lettered_with_a_502_and_repl
 
     let bad = http
         .post(&config_url)
+        .bearer_auth(ADMIN_TOKEN)
         .json(&json!({"crashBeforeAckRate": 1.5}))
         .send()
         .await
@@ -534,6 +535,7 @@ async fn a_request_that_crashes_every_proxy_is_dead_lettered_with_a_502_and_repl
     );
     let set = http
         .post(&config_url)
+        .bearer_auth(ADMIN_TOKEN)
         .json(&json!({"crashBeforeAckRate": 1.0}))
         .send()
         .await
@@ -587,6 +589,7 @@ async fn a_request_that_crashes_every_proxy_is_dead_lettered_with_a_502_and_repl
     // Fix the fault, replay: processed once, the dead-letter stream is empty.
     assert_eq!(
         http.post(format!("{config_url}/reset"))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .expect("reset")
@@ -596,6 +599,7 @@ async fn a_request_that_crashes_every_proxy_is_dead_lettered_with_a_502_and_repl
     let id = letters[0]["id"].as_str().expect("dead-letter id");
     let replay = http
         .post(format!("{}/api/dead-letters/{id}/replay", proxy.url))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .expect("replay");
@@ -611,12 +615,14 @@ async fn a_request_that_crashes_every_proxy_is_dead_lettered_with_a_502_and_repl
     wait_drained(&redis, Duration::from_secs(2)).await;
     let missing = http
         .post(format!("{}/api/dead-letters/{id}/replay", proxy.url))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .expect("replay again");
     assert_problem(missing, 404).await;
     assert_problem(
         http.delete(format!("{}/api/dead-letters/not-an-id", proxy.url))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .expect("DELETE"),
@@ -641,6 +647,7 @@ async fn injected_errors_and_crashes_under_load_end_in_a_reply_or_a_502_never_a_
         let response = stack
             .http
             .post(format!("{}/api/config", proxy.url))
+            .bearer_auth(ADMIN_TOKEN)
             .json(&json!({"processingErrorRate": 0.2, "crashBeforeAckRate": 0.1}))
             .send()
             .await

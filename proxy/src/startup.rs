@@ -14,13 +14,14 @@ use shared::streams::spawn_sampler;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ProxyConfig;
+use crate::config::{ProxyConfig, Switch};
 use crate::consumer::{Consumer, RecoverySettings, Terminal, TerminalStats};
 use crate::dead_letter::DeadLetters;
 use crate::faults::FailureInjection;
 use crate::processor::Processor;
 use crate::reclaim::Reclaimer;
 use crate::reply::{ReplyQueue, Responder};
+use crate::routes::admin_guard::AdminGuard;
 use crate::routes::status::Identity;
 use crate::routes::{ProxyState, router};
 
@@ -107,7 +108,11 @@ impl Application {
             total: config.terminals as u64,
             ..Default::default()
         });
-        let faults = Arc::new(FailureInjection::default());
+        let faults = Arc::new(match config.fault_injection {
+            Switch::On => FailureInjection::default(),
+            Switch::Off => FailureInjection::disabled(),
+        });
+        let admin = AdminGuard::new(config.admin_token());
         let dead_letters = DeadLetters::new(commands.clone(), &dead_letter_stream, &stream);
         let responder = Responder::new(commands.clone(), &stream, &group, breaker.clone());
         let terminal = Terminal {
@@ -160,7 +165,7 @@ impl Application {
 
         let server_stop = CancellationToken::new();
         let mut server = tokio::spawn(
-            axum::serve(listener, router(state))
+            axum::serve(listener, router(state, admin))
                 .with_graceful_shutdown(server_stop.clone().cancelled_owned())
                 .into_future(),
         );
@@ -174,6 +179,8 @@ impl Application {
             dead_letter_stream,
             reclaim_min_idle = ?config.reclaim_min_idle,
             max_deliveries = config.max_deliveries,
+            admin_api = if config.admin_token().is_some() { "token required" } else { "off (no ADMIN_TOKEN)" },
+            fault_injection = ?config.fault_injection,
             "proxy consuming; Swagger UI at /swagger"
         );
 
