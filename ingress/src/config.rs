@@ -3,10 +3,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::http::HeaderName;
 use clap::Parser;
 use shared::config::{
     BreakerArgs, CheckSettings, LogFormat, RedisSettings, parse_duration, parse_positive_duration,
 };
+
+use crate::client_key::TrustedProxies;
+use crate::rate_limit::RateLimitSetting;
 
 /// Configuration of the ingress (HTTP front door). See README for the table of settings.
 #[derive(Debug, Clone, Parser)]
@@ -69,6 +73,34 @@ pub struct IngressConfig {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Per-client rate limit on the API routes: `off`, or `<n>/s`, `<n>/m`, `<n>/h`. Over it a
+    /// client gets 429 + Retry-After. Health, metrics and Swagger are never limited.
+    #[arg(long, env = "RATE_LIMIT", default_value = "off", value_parser = RateLimitSetting::parse)]
+    pub rate_limit: RateLimitSetting,
+
+    /// Requests a client may send at once before the rate applies (default: the rate's count).
+    #[arg(long, env = "RATE_LIMIT_BURST", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub rate_limit_burst: Option<u32>,
+
+    /// Header whose value identifies a client (e.g. `X-Api-Key` set by a gateway in front);
+    /// requests without it are keyed by client IP.
+    #[arg(long, env = "RATE_LIMIT_KEY_HEADER", value_parser = parse_header_name)]
+    pub rate_limit_key_header: Option<HeaderName>,
+
+    /// Most clients tracked at once; clients first seen beyond it share one bucket.
+    #[arg(long, env = "RATE_LIMIT_MAX_KEYS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub rate_limit_max_keys: u32,
+
+    /// Comma-separated CIDRs of proxies (load balancers) whose `X-Forwarded-For` names the
+    /// client; from any other peer the header is ignored. Empty: trust nobody.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
+    pub trusted_proxies: TrustedProxies,
+}
+
+fn parse_header_name(value: &str) -> Result<HeaderName, String> {
+    HeaderName::try_from(value.trim())
+        .map_err(|_| format!("`{value}` is not a valid header name; expected e.g. `X-Api-Key`"))
 }
 
 impl IngressConfig {

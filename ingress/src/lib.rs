@@ -7,9 +7,11 @@
 
 pub mod admission;
 pub mod broker;
+pub mod client_key;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod rate_limit;
 pub mod replies;
 pub mod routes;
 pub mod startup;

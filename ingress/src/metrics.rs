@@ -9,6 +9,7 @@ pub const REJECTION_REASONS: &[&str] = &[
     "draining",
     "redis_unavailable",
     "circuit_open",
+    "rate_limited",
 ];
 
 /// Describes the ingress metrics and publishes the counters at zero.
@@ -40,6 +41,15 @@ pub fn register() {
         "ingress_replies_invalid_total",
         "Unreadable entries on the reply stream"
     );
+    describe_gauge!(
+        "ingress_rate_limit_clients",
+        "Clients the rate limiter tracks (at most RATE_LIMIT_MAX_KEYS, plus the overflow bucket)"
+    );
+    describe_counter!(
+        "ingress_rate_limit_overflow_total",
+        "Requests from clients first seen while RATE_LIMIT_MAX_KEYS were tracked: they share one bucket"
+    );
+    metrics::counter!("ingress_rate_limit_overflow_total").absolute(0);
     for reason in REJECTION_REASONS {
         metrics::counter!("ingress_rejections_total", "reason" => *reason).absolute(0);
     }

@@ -19,6 +19,7 @@ use crate::admission::Admission;
 use crate::broker::{Enqueuer, Queue, StreamClient};
 use crate::config::IngressConfig;
 use crate::replies::{PendingReplies, create_reply_stream, keep_reply_stream, read_replies};
+use crate::routes::rate_limit::RateLimiting;
 use crate::routes::router;
 use crate::state::AppState;
 
@@ -187,17 +188,25 @@ impl Application {
         ));
 
         let server_stop = CancellationToken::new();
-        let app = router(state, config.max_body_bytes);
+        let rate_limits = RateLimiting::from_config(&config);
+        let _eviction = rate_limits
+            .as_ref()
+            .map(|l| l.spawn_eviction(background.clone()));
+        let app = router(state, config.max_body_bytes, rate_limits);
         let mut server = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(server_stop.clone().cancelled_owned())
-                .into_future(),
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(server_stop.clone().cancelled_owned())
+            .into_future(),
         );
         tracing::info!(
             listen_addr = %config.listen_addr,
             instance_id,
             reply_stream,
             request_stream = config.redis.request_stream,
+            rate_limit = ?config.rate_limit,
             "ingress serving; Swagger UI at /swagger"
         );
 

@@ -318,10 +318,26 @@ async fn bad_configuration_exits_non_zero_with_one_line_naming_the_setting() {
         ("ingress", "REQUEST_TIMEOUT", "forever"),
         ("ingress", "REDIS_URL", "not a url"),
         ("ingress", "LISTEN_ADDR", "localhost"),
+        ("ingress", "RATE_LIMIT", "fast"),
+        ("ingress", "RATE_LIMIT_BURST", "0"),
+        ("ingress", "TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("ingress", "RATE_LIMIT_KEY_HEADER", "bad header"),
         ("proxy", "TERMINALS", "0"),
         ("proxy", "PROCESSING_DELAY_MS", "500-100"),
         ("proxy", "DRAIN_TIMEOUT", "later"),
+        ("proxy", "ADMIN_TOKEN_FILE", "/nonexistent/admin-token"),
+        ("proxy", "ADMIN_TOKEN", "s3cr3t-value"),
+        ("proxy", "FAULT_INJECTION", "maybe"),
     ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let empty_token_file = dir.path().join("empty-token");
+    std::fs::write(&empty_token_file, "\n").expect("write");
+    let empty_token_file = empty_token_file.display().to_string();
+    let cases =
+        cases
+            .iter()
+            .copied()
+            .chain([("proxy", "ADMIN_TOKEN_FILE", empty_token_file.as_str())]);
     for (binary_name, setting, value) in cases {
         let (code, stderr) = run_with(binary_name, &[(setting, value)]).await;
         assert_eq!(code, Some(2), "{binary_name} {setting}={value}: {stderr}");
@@ -332,5 +348,11 @@ async fn bad_configuration_exits_non_zero_with_one_line_naming_the_setting() {
             "the message names {setting}: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
+        if setting == "ADMIN_TOKEN" {
+            assert!(
+                !stderr.contains(value),
+                "the token is never echoed: {stderr}"
+            );
+        }
     }
 }

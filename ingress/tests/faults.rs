@@ -526,6 +526,7 @@ async fn a_request_that_crashes_every_proxy_is_dead_lettered_with_a_502_and_repl
 
     let bad = http
         .post(&config_url)
+        .bearer_auth(ADMIN_TOKEN)
         .json(&json!({"crashBeforeAckRate": 1.5}))
         .send()
         .await
@@ -539,6 +540,7 @@ async fn a_request_that_crashes_every_proxy_is_dead_lettered_with_a_502_and_repl
     );
     let set = http
         .post(&config_url)
+        .bearer_auth(ADMIN_TOKEN)
         .json(&json!({"crashBeforeAckRate": 1.0}))
         .send()
         .await
@@ -593,6 +595,7 @@ async fn a_request_that_crashes_every_proxy_is_dead_lettered_with_a_502_and_repl
     // Fix the fault, replay: processed once, the dead-letter stream is empty.
     assert_eq!(
         http.post(format!("{config_url}/reset"))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .expect("reset")
@@ -602,6 +605,7 @@ async fn a_request_that_crashes_every_proxy_is_dead_lettered_with_a_502_and_repl
     let id = letters[0]["id"].as_str().expect("dead-letter id");
     let replay = http
         .post(format!("{}/api/dead-letters/{id}/replay", proxy.url))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .expect("replay");
@@ -617,12 +621,14 @@ async fn a_request_that_crashes_every_proxy_is_dead_lettered_with_a_502_and_repl
     wait_drained(&redis, Duration::from_secs(15)).await;
     let missing = http
         .post(format!("{}/api/dead-letters/{id}/replay", proxy.url))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .expect("replay again");
     assert_problem(missing, 404).await;
     assert_problem(
         http.delete(format!("{}/api/dead-letters/not-an-id", proxy.url))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .expect("DELETE"),
@@ -647,6 +653,7 @@ async fn injected_errors_and_crashes_under_load_end_in_a_reply_or_a_502_never_a_
         let response = stack
             .http
             .post(format!("{}/api/config", proxy.url))
+            .bearer_auth(ADMIN_TOKEN)
             .json(&json!({"processingErrorRate": 0.2, "crashBeforeAckRate": 0.1}))
             .send()
             .await

@@ -289,6 +289,7 @@ async fn when_redis_loses_its_data_waiting_callers_are_told_and_new_requests_are
     let set = stack
         .http
         .post(&config)
+        .bearer_auth(ADMIN_TOKEN)
         .json(&json!({"slowResponseRate": 1.0, "slowResponseDelayMs": 3000}))
         .send()
         .await
@@ -324,6 +325,7 @@ async fn when_redis_loses_its_data_waiting_callers_are_told_and_new_requests_are
     let reset = stack
         .http
         .post(format!("{config}/reset"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .expect("reset");

@@ -8,6 +8,8 @@ use shared::config::{
     BreakerArgs, CheckSettings, LogFormat, RedisSettings, parse_duration, parse_positive_duration,
 };
 
+use crate::admin_token::{AdminToken, TokenSetting};
+
 /// Configuration of the proxy (the worker). See README for the table of settings.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -69,6 +71,31 @@ pub struct ProxyConfig {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Bearer token the mutating admin endpoints (failure injection, dead-letter replay and
+    /// delete) require. Without it (or ADMIN_TOKEN_FILE) those endpoints answer 403. Prefer
+    /// ADMIN_TOKEN_FILE, which keeps the secret out of the environment.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = TokenSetting::Inline, conflicts_with = "admin_token_file")]
+    pub admin_token: Option<AdminToken>,
+
+    /// File holding the admin bearer token (e.g. a mounted Kubernetes Secret). A missing or
+    /// empty file stops the proxy at start.
+    #[arg(long, env = "ADMIN_TOKEN_FILE", value_parser = TokenSetting::File)]
+    pub admin_token_file: Option<AdminToken>,
+
+    /// `off` turns failure injection off for good: its endpoints answer 403 and no fault is
+    /// ever drawn. Use `off` anywhere real traffic flows; `on` (the default) is for demos.
+    #[arg(long, env = "FAULT_INJECTION", value_enum, default_value = "on")]
+    pub fault_injection: Switch,
+}
+
+/// An on/off setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 impl ProxyConfig {
@@ -77,6 +104,13 @@ impl ProxyConfig {
         self.dead_letter_stream
             .clone()
             .unwrap_or_else(|| format!("{}:dlq", self.redis.request_stream))
+    }
+
+    /// The admin token from ADMIN_TOKEN or ADMIN_TOKEN_FILE (clap refuses both at once).
+    pub fn admin_token(&self) -> Option<AdminToken> {
+        self.admin_token
+            .clone()
+            .or_else(|| self.admin_token_file.clone())
     }
 
     /// The consumer name, generated once when not configured.

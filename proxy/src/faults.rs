@@ -1,8 +1,10 @@
 //! Failure injection (the seed's FailureSimulator), for demos and chaos tests.
 //!
-//! Off by default. Operators set rates in [0, 1] at run time through `/api/config`; each
+//! All rates are 0 at start. Operators set rates in [0, 1] at run time through `/api/config`; each
 //! request draws once and at most one fault applies. Every injected fault is counted in
 //! `proxy_faults_injected_total{kind}` so a dashboard shows what was injected and what broke.
+//! With FAULT_INJECTION=off ([`FailureInjection::disabled`]) nothing can switch it on: no
+//! fault is ever drawn, whatever reaches `update`.
 
 use std::sync::RwLock;
 use std::time::Duration;
@@ -87,12 +89,37 @@ impl Fault {
 }
 
 /// The live injection settings of this proxy.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FailureInjection {
     config: RwLock<FaultConfig>,
+    enabled: bool,
+}
+
+impl Default for FailureInjection {
+    /// Enabled, every rate 0 (FAULT_INJECTION=on).
+    fn default() -> Self {
+        FailureInjection {
+            config: RwLock::new(FaultConfig::default()),
+            enabled: true,
+        }
+    }
 }
 
 impl FailureInjection {
+    /// Switched off for the life of the process (FAULT_INJECTION=off): `draw` never injects and
+    /// `update` refuses, so no request or bug can turn faults on in production.
+    pub fn disabled() -> Self {
+        FailureInjection {
+            enabled: false,
+            ..Default::default()
+        }
+    }
+
+    /// Whether faults can be configured at all (FAULT_INJECTION=on).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The current settings.
     pub fn get(&self) -> FaultConfig {
         self.config
@@ -103,6 +130,9 @@ impl FailureInjection {
 
     /// Applies `update`; every rate must lie in [0, 1] (the message names the first that does not).
     pub fn update(&self, update: FaultConfigUpdate) -> Result<FaultConfig, String> {
+        if !self.enabled {
+            return Err("failure injection is off (FAULT_INJECTION=off)".into());
+        }
         let mut next = self.get();
         let rates = [
             (
@@ -157,6 +187,9 @@ impl FailureInjection {
 
     /// Draws the fault for one request (at most one), and counts it.
     pub fn draw(&self) -> Option<Fault> {
+        if !self.enabled {
+            return None;
+        }
         let config = self.get();
         let total = config.processing_error_rate
             + config.crash_before_ack_rate
@@ -220,6 +253,19 @@ mod tests {
         assert!((0..100).all(|_| injection.draw() == Some(Fault::ProcessingError)));
         injection.reset();
         assert_eq!(injection.draw(), None);
+    }
+
+    #[test]
+    fn disabled_injection_refuses_updates_and_never_draws() {
+        let injection = FailureInjection::disabled();
+        assert!(!injection.is_enabled());
+        let refused = injection.update(FaultConfigUpdate {
+            processing_error_rate: Some(1.0),
+            ..Default::default()
+        });
+        assert!(refused.is_err());
+        assert_eq!(injection.get(), FaultConfig::default());
+        assert!((0..1_000).all(|_| injection.draw().is_none()));
     }
 
     #[test]

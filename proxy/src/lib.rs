@@ -5,6 +5,7 @@
 //! (the work) → [`reply`] (XADD reply, then XACK + XDEL). Recovery: [`reclaim`] (entries of
 //! dead proxies), [`dead_letter`] (poison entries), [`faults`] (failure injection).
 
+pub mod admin_token;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;

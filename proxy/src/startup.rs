@@ -15,13 +15,14 @@ use shared::streams::{SamplerSettings, spawn_sampler};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ProxyConfig;
+use crate::config::{ProxyConfig, Switch};
 use crate::consumer::{Consumer, RecoverySettings, Terminal, TerminalStats};
 use crate::dead_letter::DeadLetters;
 use crate::faults::FailureInjection;
 use crate::processor::Processor;
 use crate::reclaim::Reclaimer;
 use crate::reply::{ReplyQueue, Responder};
+use crate::routes::admin_guard::AdminGuard;
 use crate::routes::status::Identity;
 use crate::routes::{ProxyState, router};
 
@@ -114,7 +115,11 @@ impl Application {
             total: config.terminals as u64,
             ..Default::default()
         });
-        let faults = Arc::new(FailureInjection::default());
+        let faults = Arc::new(match config.fault_injection {
+            Switch::On => FailureInjection::default(),
+            Switch::Off => FailureInjection::disabled(),
+        });
+        let admin = AdminGuard::new(config.admin_token());
         let dead_letters = DeadLetters::new(commands.clone(), &dead_letter_stream, &stream);
         let memory = Arc::new(shared::redis::MemoryState::default());
         let responder = Responder::new(
@@ -175,7 +180,7 @@ impl Application {
 
         let server_stop = CancellationToken::new();
         let mut server = tokio::spawn(
-            axum::serve(listener, router(state))
+            axum::serve(listener, router(state, admin))
                 .with_graceful_shutdown(server_stop.clone().cancelled_owned())
                 .into_future(),
         );
@@ -189,6 +194,8 @@ impl Application {
             dead_letter_stream,
             reclaim_min_idle = ?config.reclaim_min_idle,
             max_deliveries = config.max_deliveries,
+            admin_api = if config.admin_token().is_some() { "token required" } else { "off (no ADMIN_TOKEN)" },
+            fault_injection = ?config.fault_injection,
             "proxy consuming; Swagger UI at /swagger"
         );
 

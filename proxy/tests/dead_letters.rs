@@ -19,6 +19,8 @@ const DLQ: &str = "weather-requests:dlq";
 const REPLY_STREAM: &str = "test-caller-replies";
 
 /// A redis-server and one proxy on it.
+const ADMIN_TOKEN: &str = "dead-letter-test-token-0123";
+
 struct Setup {
     _redis: RedisServer,
     proxy: Service,
@@ -34,6 +36,7 @@ impl Setup {
             &[
                 ("REDIS_URL", server.url()),
                 ("PROCESSING_DELAY_MS", "0".into()),
+                ("ADMIN_TOKEN", ADMIN_TOKEN.into()),
             ],
         )
         .await;
@@ -46,7 +49,21 @@ impl Setup {
             _redis: server,
             proxy,
             redis,
-            http: reqwest::Client::new(),
+            // The admin routes need the token; every request of these tests sends it.
+            http: reqwest::Client::builder()
+                .default_headers(
+                    [(
+                        reqwest::header::AUTHORIZATION,
+                        reqwest::header::HeaderValue::from_static(concat!(
+                            "Bearer ",
+                            "dead-letter-test-token-0123"
+                        )),
+                    )]
+                    .into_iter()
+                    .collect(),
+                )
+                .build()
+                .expect("HTTP client"),
         }
     }
 

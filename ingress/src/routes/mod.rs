@@ -1,6 +1,7 @@
 //! The ingress's HTTP surface: routes, middleware and the OpenAPI document.
 
 pub mod health;
+pub mod rate_limit;
 pub mod weather;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use axum::{Router, middleware};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use self::rate_limit::RateLimiting;
 use crate::state::AppState;
 
 /// The OpenAPI document served at /api-docs/openapi.json and rendered at /swagger.
@@ -32,16 +34,64 @@ use crate::state::AppState;
         (name = "weather", description = "Forecasts, answered through the broker"),
         (name = "health", description = "Liveness and readiness"),
         (name = "operations", description = "Prometheus metrics"),
-    )
+    ),
+    modifiers(&RateLimitDocs)
 )]
 pub struct ApiDoc;
 
+/// Documents the 429 of the rate-limit layer on the API operations (the layer, not the
+/// handlers, answers it, so it is added here rather than in each `#[utoipa::path]`).
+struct RateLimitDocs;
+
+impl utoipa::Modify for RateLimitDocs {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let response = ResponseBuilder::new()
+            .description("Over the per-client rate limit (only when RATE_LIMIT is set); `Retry-After` says when to retry, `RateLimit-Limit`/`-Remaining`/`-Reset` describe the bucket")
+            .content(
+                shared::http::PROBLEM_JSON,
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/WeatherForecast") {
+                continue;
+            }
+            for operation in [item.get.as_mut(), item.post.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                operation
+                    .responses
+                    .responses
+                    .insert("429".into(), RefOr::T(response.clone()));
+            }
+        }
+    }
+}
+
 /// Builds the router with its middleware; `max_body_bytes` bounds request bodies (413 above).
 /// The state sits behind one `Arc` so each request clones a pointer, not every handle in it.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
+/// With `rate_limits`, the API routes (only they: never health, metrics or Swagger, which
+/// probes and scrapers must always reach) get the per-client rate-limit layer.
+pub fn router(
+    state: AppState,
+    max_body_bytes: usize,
+    rate_limits: Option<Arc<RateLimiting>>,
+) -> Router {
+    let mut api = Router::new()
         .route("/WeatherForecast/city", post(weather::city_forecast))
-        .route("/WeatherForecast", get(weather::sample_forecast))
+        .route("/WeatherForecast", get(weather::sample_forecast));
+    if let Some(limits) = rate_limits {
+        api = api.route_layer(middleware::from_fn_with_state(
+            limits,
+            rate_limit::limit_rate,
+        ));
+    }
+    Router::new()
+        .merge(api)
         .route("/health/live", get(shared::health::live))
         .route("/health/ready", get(health::ready))
         .route("/healthz", get(health::healthz))

@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 use testkit::{RedisServer, Service, wait_until};
 
 pub const REQUEST_STREAM: &str = "weather-requests";
+/// The admin token every proxy of a [`Stack`] gets (send it with `.bearer_auth(ADMIN_TOKEN)`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const GROUP: &str = "processing-group";
 
 /// The seed's city/location pairs.
@@ -85,8 +87,12 @@ impl Stack {
         stack
     }
 
+    /// Starts a proxy with [`ADMIN_TOKEN`] as its admin token, plus `extra` settings.
     pub async fn add_proxy(&mut self, extra: &[(&'static str, String)]) {
-        let mut env = vec![("REDIS_URL", self.redis.url())];
+        let mut env = vec![
+            ("REDIS_URL", self.redis.url()),
+            ("ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+        ];
         env.extend(extra.iter().cloned());
         self.proxies.push(Service::start("proxy", &env).await);
     }

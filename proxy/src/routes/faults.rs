@@ -1,13 +1,40 @@
 //! `/api/config`: failure injection at run time.
 
+use std::sync::Arc;
+
 use axum::Extension;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use shared::http::{ApiJson, Problem, RequestId};
 
 use super::ProxyState;
-use crate::faults::{FaultConfig, FaultConfigUpdate};
+use crate::faults::{FailureInjection, FaultConfig, FaultConfigUpdate};
+
+/// Route layer on the changing failure-injection endpoints: with FAULT_INJECTION=off they
+/// answer 403 and say why, instead of pretending to accept rates that are never drawn.
+pub async fn refuse_when_disabled(
+    State(faults): State<Arc<FailureInjection>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if faults.is_enabled() {
+        return next.run(request).await;
+    }
+    let problem = Problem::new(
+        StatusCode::FORBIDDEN,
+        "fault-injection-disabled",
+        "Failure injection disabled",
+        "this proxy runs with FAULT_INJECTION=off, so no fault can be injected; failure injection is for demos and tests (restart with FAULT_INJECTION=on there)",
+    );
+    match request.extensions().get::<RequestId>() {
+        Some(id) => problem.with_request_id(id),
+        None => problem,
+    }
+    .into_response()
+}
 
 /// The current failure-injection settings.
 #[utoipa::path(get, path = "/api/config", tag = "failure injection", responses(

@@ -1,13 +1,14 @@
 //! The proxy's HTTP surface: status and health, failure injection, dead-letter admin,
 //! metrics, and its OpenAPI document.
 
+pub mod admin_guard;
 pub mod dead_letters;
 pub mod faults;
 pub mod status;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Router, middleware};
 use fred::prelude::Client;
 use shared::resilience::CircuitBreaker;
@@ -15,6 +16,7 @@ use shared::streams::StreamStats;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use self::admin_guard::{AdminGuard, BearerSecurity};
 use crate::consumer::TerminalStats;
 use crate::dead_letter::DeadLetters;
 use crate::faults::FailureInjection;
@@ -66,38 +68,46 @@ pub struct ProxyState {
         (name = "weather", description = "Processing status"),
         (name = "health", description = "Liveness and readiness"),
         (name = "operations", description = "Prometheus metrics"),
-        (name = "failure injection", description = "Inject faults at run time (demos, chaos tests); off by default"),
-        (name = "dead letters", description = "Requests that could not be processed: list, replay, delete"),
-    )
+        (name = "failure injection", description = "Inject faults at run time (demos, chaos tests): all rates 0 at start; changing them needs the admin token, and FAULT_INJECTION=off refuses them"),
+        (name = "dead letters", description = "Requests that could not be processed: list, replay, delete (replay and delete need the admin token)"),
+    ),
+    modifiers(&BearerSecurity)
 )]
 pub struct ApiDoc;
 
-/// Builds the proxy's router.
-pub fn router(state: ProxyState) -> Router {
+/// Builds the proxy's router. The mutating admin routes sit in their own router behind one
+/// route layer, [`admin_guard::require_admin`]; the read-only routes on the same paths (GET)
+/// are registered on the open router, and `merge` joins the two method sets per path.
+pub fn router(state: ProxyState, admin: Arc<AdminGuard>) -> Router {
+    let fault_admin = Router::new()
+        .route("/api/config", post(faults::update_config))
+        .route("/api/config/reset", post(faults::reset_config))
+        .route_layer(middleware::from_fn_with_state(
+            state.faults.clone(),
+            faults::refuse_when_disabled,
+        ));
+    let admin_routes = Router::new()
+        .route("/api/dead-letters", delete(dead_letters::purge))
+        .route("/api/dead-letters/replay", post(dead_letters::replay_all))
+        .route("/api/dead-letters/{id}", delete(dead_letters::delete_one))
+        .route(
+            "/api/dead-letters/{id}/replay",
+            post(dead_letters::replay_one),
+        )
+        .merge(fault_admin)
+        .route_layer(middleware::from_fn_with_state(
+            admin,
+            admin_guard::require_admin,
+        ));
     Router::new()
         .route("/WeatherForecast/status", get(status::status))
         .route("/health/live", get(shared::health::live))
         .route("/health/ready", get(status::ready))
         .route("/healthz", get(status::healthz))
         .route("/metrics", get(shared::http::metrics_handler))
-        .route(
-            "/api/config",
-            get(faults::get_config).post(faults::update_config),
-        )
-        .route("/api/config/reset", post(faults::reset_config))
-        .route(
-            "/api/dead-letters",
-            get(dead_letters::list).delete(dead_letters::purge),
-        )
-        .route("/api/dead-letters/replay", post(dead_letters::replay_all))
-        .route(
-            "/api/dead-letters/{id}",
-            axum::routing::delete(dead_letters::delete_one),
-        )
-        .route(
-            "/api/dead-letters/{id}/replay",
-            post(dead_letters::replay_one),
-        )
+        .route("/api/config", get(faults::get_config))
+        .route("/api/dead-letters", get(dead_letters::list))
+        .merge(admin_routes)
         .merge(SwaggerUi::new("/swagger").url("/api-docs/openapi.json", ApiDoc::openapi()))
         .fallback(shared::http::not_found)
         .method_not_allowed_fallback(shared::http::method_not_allowed)
