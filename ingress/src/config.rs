@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use shared::config::{
-    BreakerArgs, LogFormat, RedisSettings, parse_duration, parse_positive_duration,
+    BreakerArgs, HttpServerArgs, LogFormat, RedisSettings, parse_duration, parse_positive_duration,
 };
 
 /// Configuration of the ingress (HTTP front door). See README for the table of settings.
@@ -21,6 +21,9 @@ pub struct IngressConfig {
 
     #[command(flatten)]
     pub breaker: BreakerArgs,
+
+    #[command(flatten)]
+    pub http: HttpServerArgs,
 
     /// Address the HTTP server listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:5009")]

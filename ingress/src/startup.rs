@@ -163,11 +163,12 @@ impl Application {
 
         let server_stop = CancellationToken::new();
         let app = router(state, config.max_body_bytes);
-        let mut server = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(server_stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let mut server = tokio::spawn(shared::server::serve(
+            listener,
+            app,
+            config.http.settings(),
+            server_stop.clone(),
+        ));
         tracing::info!(
             listen_addr = %config.listen_addr,
             instance_id,
@@ -182,9 +183,7 @@ impl Application {
         };
         if let Some(result) = served_early {
             background.cancel();
-            result
-                .context("HTTP server task failed")?
-                .context("HTTP server failed")?;
+            result.context("HTTP server task failed")?;
             return Ok(());
         }
 
@@ -202,9 +201,7 @@ impl Application {
         }
         server_stop.cancel();
         match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
-            Ok(result) => result
-                .context("HTTP server task failed")?
-                .context("HTTP server failed")?,
+            Ok(result) => result.context("HTTP server task failed")?,
             Err(_) => {
                 tracing::warn!("HTTP connections did not close within 5 s; closing them");
                 server.abort();

@@ -70,6 +70,14 @@ impl Problem {
         self
     }
 
+    /// Attaches the request id when there is one.
+    pub fn with_optional_request_id(self, request_id: Option<&RequestId>) -> Self {
+        match request_id {
+            Some(id) => self.with_request_id(id),
+            None => self,
+        }
+    }
+
     /// Asks the client to retry after `secs` seconds.
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
@@ -257,7 +265,8 @@ pub async fn metrics_handler() -> Response {
 }
 
 /// A JSON body extractor whose rejections are [`Problem`]s: 400 for malformed JSON or wrong
-/// fields, 413 over the body limit, 415 for a missing or wrong `Content-Type`.
+/// fields, 408 when the body does not arrive within HTTP_BODY_READ_TIMEOUT, 413 over the body
+/// limit, 415 for a missing or wrong `Content-Type`.
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
@@ -273,6 +282,15 @@ where
             Ok(axum::Json(value)) => return Ok(ApiJson(value)),
             Err(rejection) => {
                 use axum::extract::rejection::JsonRejection;
+                if let Some(timeout) = crate::server::body_read_timeout_in(&rejection) {
+                    return Err(Problem::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body-timeout",
+                        "Request body too slow",
+                        format!("{timeout}; send the whole body right after the headers"),
+                    )
+                    .with_optional_request_id(request_id.as_ref()));
+                }
                 match rejection {
                     JsonRejection::MissingJsonContentType(_) => Problem::new(
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -310,10 +328,7 @@ where
                 }
             }
         };
-        Err(match request_id {
-            Some(id) => problem.with_request_id(&id),
-            None => problem,
-        })
+        Err(problem.with_optional_request_id(request_id.as_ref()))
     }
 }
 
@@ -329,6 +344,36 @@ mod tests {
         assert!(validate_request_id(&"a".repeat(129)).is_err());
         assert!(validate_request_id("a b").is_err());
         assert!(validate_request_id("a\nb").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_is_a_408_problem() {
+        struct Stalled;
+        impl axum::body::HttpBody for Stalled {
+            type Data = axum::body::Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<
+                Option<Result<hyper::body::Frame<axum::body::Bytes>, std::convert::Infallible>>,
+            > {
+                std::task::Poll::Pending
+            }
+        }
+        let body = crate::server::TimedBody::new(Stalled, std::time::Duration::from_secs(30));
+        let mut request = axum::http::Request::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::new(body))
+            .expect("request");
+        request.extensions_mut().insert(RequestId("slow-1".into()));
+        let problem = match ApiJson::<serde_json::Value>::from_request(request, &()).await {
+            Ok(_) => panic!("a stalled body cannot be parsed"),
+            Err(problem) => problem,
+        };
+        assert_eq!(problem.status, 408);
+        assert_eq!(problem.problem_type, "urn:problem:broker:body-timeout");
+        assert_eq!(problem.request_id.as_deref(), Some("slow-1"));
     }
 
     #[test]
