@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use axum::extract::{FromRequest, MatchedPath, Request};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -164,12 +164,32 @@ fn request_id_from(headers: &HeaderMap) -> Result<RequestId, Problem> {
     Ok(RequestId(id.to_string()))
 }
 
+/// The `method` label value: the standard methods by name, anything else as `other`, so that
+/// made-up methods cannot create metric series without bound.
+pub fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Middleware for every route: assigns the request id, runs the handler inside a tracing span
 /// carrying it, echoes it in `X-Request-Id`, and records `http_requests_total` and
 /// `http_request_duration_seconds` by method, matched route template and status.
+///
+/// Every label value is bounded whatever the client sends: methods by [`method_label`], routes
+/// by their template (`unmatched` for any unknown path), status by the response.
 pub async fn request_context(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -177,7 +197,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".to_string());
     let mut response = match request_id_from(request.headers()) {
         Ok(request_id) => {
-            let span = tracing::info_span!("http", request_id = %request_id.0, %method, %route);
+            let span = tracing::info_span!("http", request_id = %request_id.0, method = %request.method(), %route);
             let header = HeaderValue::from_str(&request_id.0).ok();
             request.extensions_mut().insert(request_id);
             let mut response = next.run(request).instrument(span.clone()).await;
@@ -208,7 +228,11 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         Err(problem) => problem.into_response(),
     };
     let status = response.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route),
+        ("status", status),
+    ];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
@@ -335,6 +359,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_labels_are_bounded() {
+        for method in [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+            Method::CONNECT,
+            Method::TRACE,
+        ] {
+            assert_eq!(method_label(&method), method.as_str());
+        }
+        let made_up = Method::from_bytes("X".repeat(200).as_bytes()).expect("a token");
+        assert_eq!(method_label(&made_up), "other");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"get").expect("a token")),
+            "other"
+        );
+    }
 
     #[test]
     fn request_ids_are_bounded_and_safe() {
