@@ -1,9 +1,36 @@
-//! Client input that must not grow metrics: made-up methods and paths.
+//! Client input that must not grow metrics or break probes: made-up methods and paths, and
+//! malformed request ids.
 
 mod common;
 
 use common::*;
 use reqwest::Method;
+use reqwest::header::HeaderValue;
+
+const BAD_IDS: &[&[u8]] = &[
+    b"bad id!",
+    b"semi;colon",
+    &[b'x'; 129],
+    b"caf\xc3\xa9",
+    b"\xff",
+];
+
+fn header_value(bytes: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(bytes).expect("a header value")
+}
+
+/// The fresh id the service answered with: present, a UUID, not the client's.
+fn fresh_id(response: &reqwest::Response) -> String {
+    let id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("X-Request-Id in the response")
+        .to_string();
+    assert_eq!(id.len(), 36, "a generated UUID, got {id}");
+    assert_eq!(id.matches('-').count(), 4, "a generated UUID, got {id}");
+    id
+}
 
 #[tokio::test]
 async fn made_up_methods_and_paths_leave_the_request_metrics_bounded() {
@@ -76,4 +103,93 @@ async fn made_up_methods_and_paths_leave_the_request_metrics_bounded() {
         "/metrics is {} bytes",
         metrics.len()
     );
+}
+
+#[tokio::test]
+async fn a_malformed_request_id_never_fails_health_or_metrics() {
+    let stack = Stack::start(StackOptions {
+        proxies: 0,
+        ..Default::default()
+    })
+    .await;
+    let url = &stack.ingress().url;
+    for bad in BAD_IDS {
+        for path in ["/health/live", "/health/ready", "/healthz", "/metrics"] {
+            let response = stack
+                .http
+                .get(format!("{url}{path}"))
+                .header("X-Request-Id", header_value(bad))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(response.status(), 200, "{path} with X-Request-Id {bad:?}");
+            fresh_id(&response);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_request_id_keeps_404_and_405_and_is_400_on_the_api() {
+    let stack = Stack::start(StackOptions {
+        proxies: 0,
+        ..Default::default()
+    })
+    .await;
+    let url = &stack.ingress().url;
+    let city = format!("{url}/WeatherForecast/city");
+    for bad in BAD_IDS {
+        let response = stack
+            .http
+            .get(format!("{url}/nowhere"))
+            .header("X-Request-Id", header_value(bad))
+            .send()
+            .await
+            .expect("send");
+        let id = fresh_id(&response);
+        let body = assert_problem(response, 404).await;
+        assert_eq!(body["requestId"], id);
+
+        let response = stack
+            .http
+            .delete(&city)
+            .header("X-Request-Id", header_value(bad))
+            .send()
+            .await
+            .expect("send");
+        fresh_id(&response);
+        assert_problem(response, 405).await;
+
+        let response = stack
+            .http
+            .post(&city)
+            .header("X-Request-Id", header_value(bad))
+            .json(&serde_json::json!({"city": "Oslo"}))
+            .send()
+            .await
+            .expect("send");
+        let id = fresh_id(&response);
+        let body = assert_problem(response, 400).await;
+        assert_eq!(body["type"], "urn:problem:broker:invalid-request-id");
+        assert_eq!(body["requestId"], id, "the 400 carries the fresh id");
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("X-Request-Id")),
+            "{body}"
+        );
+
+        let response = stack
+            .http
+            .get(format!("{url}/WeatherForecast"))
+            .header("X-Request-Id", header_value(bad))
+            .send()
+            .await
+            .expect("send");
+        let id = fresh_id(&response);
+        let body = assert_problem(response, 400).await;
+        assert_eq!(body["type"], "urn:problem:broker:invalid-request-id");
+        assert_eq!(body["requestId"], id);
+    }
+    let redis = stack.redis_client().await;
+    assert_eq!(stream_len(&redis, REQUEST_STREAM).await, 0);
 }

@@ -1,5 +1,6 @@
 //! The proxy's HTTP side against the real binary over raw TCP sockets: slow headers, a body
-//! that never completes and idle keep-alive connections are closed on time.
+//! that never completes and idle keep-alive connections are closed on time, and request ids
+//! never fail its probes.
 
 use std::time::{Duration, Instant};
 
@@ -67,4 +68,64 @@ async fn slow_headers_unfinished_bodies_and_idle_connections_are_closed() {
         .await
         .expect("still serving");
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_malformed_request_id_never_fails_probes_and_is_400_on_the_api() {
+    let redis = RedisServer::start().await;
+    let proxy = proxy(&redis).await;
+    let http = reqwest::Client::new();
+    for path in [
+        "/health/live",
+        "/health/ready",
+        "/healthz",
+        "/metrics",
+        "/WeatherForecast/status",
+    ] {
+        let response = http
+            .get(format!("{}{path}", proxy.url))
+            .header("X-Request-Id", "bad id!")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{path}");
+        assert_ne!(response.headers()["x-request-id"], "bad id!");
+    }
+    let response = http
+        .get(format!("{}/nowhere", proxy.url))
+        .header("X-Request-Id", "bad id!")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 404);
+    for request in [
+        http.get(format!("{}/api/config", proxy.url)),
+        http.get(format!("{}/api/dead-letters", proxy.url)),
+        http.post(format!("{}/api/config", proxy.url))
+            .json(&serde_json::json!({"processingErrorRate": 0.5})),
+    ] {
+        let response = request
+            .header("X-Request-Id", "bad id!")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 400);
+        let header_id = response.headers()["x-request-id"]
+            .to_str()
+            .expect("ASCII id")
+            .to_string();
+        let body: serde_json::Value = response.json().await.expect("problem body");
+        assert_eq!(body["type"], "urn:problem:broker:invalid-request-id");
+        assert_eq!(body["requestId"], header_id.as_str());
+    }
+    // The refused update changed nothing.
+    let config: serde_json::Value = http
+        .get(format!("{}/api/config", proxy.url))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(config["processingErrorRate"], 0.0);
 }

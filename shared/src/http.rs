@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use axum::extract::{FromRequest, MatchedPath, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -118,15 +119,57 @@ impl IntoResponse for Problem {
 
 /// The correlation id of the current request, put into request extensions by
 /// [`request_context`]: the client's `X-Request-Id` when valid, a fresh UUID otherwise.
+///
+/// Handlers that pass the id on (the API routes) extract it directly, `request_id: RequestId`:
+/// that answers 400 `invalid-request-id` when the client sent a malformed id, instead of
+/// silently replacing an id the client will look for. `Extension<RequestId>` never fails and
+/// gives the fresh id; health, metrics and the 404/405 fallbacks use that, so a probe or scraper
+/// that forwards an odd id is still answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub String);
 
 impl RequestId {
+    /// A fresh random id (UUID v4).
+    pub fn generate() -> Self {
+        RequestId(uuid::Uuid::new_v4().to_string())
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // Without the middleware there is no id yet; a fresh one is still a valid answer.
+        let id = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate);
+        match parts.extensions.get::<InvalidRequestId>() {
+            Some(invalid) => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-request-id",
+                "Invalid X-Request-Id",
+                format!(
+                    "{}; send 1 to {MAX_REQUEST_ID_LEN} such characters, or leave the header out and use the generated `requestId`",
+                    invalid.0
+                ),
+            )
+            .with_request_id(&id)),
+            None => Ok(id),
+        }
+    }
+}
+
+/// Put into request extensions by [`request_context`] when the client's `X-Request-Id` failed
+/// validation (the request then carries a fresh [`RequestId`]); holds what was wrong.
+#[derive(Debug, Clone)]
+struct InvalidRequestId(String);
 
 /// Checks a client-supplied request id: 1..=128 characters of `[A-Za-z0-9._:-]`, so it is
 /// safe as a Redis field, in logs and in a header.
@@ -145,23 +188,19 @@ pub fn validate_request_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn request_id_from(headers: &HeaderMap) -> Result<RequestId, Problem> {
+/// The client's id when valid; otherwise a fresh one, plus what was wrong with the client's.
+fn request_id_from(headers: &HeaderMap) -> (RequestId, Option<InvalidRequestId>) {
     let Some(value) = headers.get(&REQUEST_ID_HEADER) else {
-        return Ok(RequestId(uuid::Uuid::new_v4().to_string()));
+        return (RequestId::generate(), None);
     };
-    let invalid = |detail: String| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-request-id",
-            "Invalid X-Request-Id",
-            detail,
-        )
-    };
-    let id = value
+    let checked = value
         .to_str()
-        .map_err(|_| invalid("X-Request-Id must be ASCII".into()))?;
-    validate_request_id(id).map_err(invalid)?;
-    Ok(RequestId(id.to_string()))
+        .map_err(|_| "X-Request-Id must be ASCII".to_string())
+        .and_then(|id| validate_request_id(id).map(|()| id));
+    match checked {
+        Ok(id) => (RequestId(id.to_string()), None),
+        Err(detail) => (RequestId::generate(), Some(InvalidRequestId(detail))),
+    }
 }
 
 /// The `method` label value: the standard methods by name, anything else as `other`, so that
@@ -186,7 +225,9 @@ pub fn method_label(method: &Method) -> &'static str {
 /// `http_request_duration_seconds` by method, matched route template and status.
 ///
 /// Every label value is bounded whatever the client sends: methods by [`method_label`], routes
-/// by their template (`unmatched` for any unknown path), status by the response.
+/// by their template (`unmatched` for any unknown path), status by the response. A malformed
+/// `X-Request-Id` is replaced by a fresh id here and refused only by handlers that extract
+/// [`RequestId`], so unknown routes and methods still get 404/405 and probes still get answers.
 pub async fn request_context(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
@@ -195,43 +236,42 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let mut response = match request_id_from(request.headers()) {
-        Ok(request_id) => {
-            let span = tracing::info_span!("http", request_id = %request_id.0, method = %request.method(), %route);
-            let header = HeaderValue::from_str(&request_id.0).ok();
-            request.extensions_mut().insert(request_id);
-            let mut response = next.run(request).instrument(span.clone()).await;
-            if let Some(header) = header {
-                response
-                    .headers_mut()
-                    .insert(REQUEST_ID_HEADER.clone(), header);
-            }
-            let status = response.status();
-            span.in_scope(|| {
-                // A 503 from a health probe is an answer, not a failure of this service.
-                if status.is_server_error() && !route.starts_with("/health") {
-                    tracing::warn!(
-                        status = status.as_u16(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "request failed"
-                    );
-                } else {
-                    tracing::debug!(
-                        status = status.as_u16(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "request served"
-                    );
-                }
-            });
-            response
+    let (request_id, invalid) = request_id_from(request.headers());
+    let span =
+        tracing::info_span!("http", request_id = %request_id.0, method = %request.method(), %route);
+    let header = HeaderValue::from_str(&request_id.0).ok();
+    if let Some(invalid) = invalid {
+        span.in_scope(|| tracing::debug!(problem = %invalid.0, "ignoring an invalid X-Request-Id"));
+        request.extensions_mut().insert(invalid);
+    }
+    request.extensions_mut().insert(request_id);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    if let Some(header) = header {
+        response
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER.clone(), header);
+    }
+    let status = response.status();
+    span.in_scope(|| {
+        // A 503 from a health probe is an answer, not a failure of this service.
+        if status.is_server_error() && !route.starts_with("/health") {
+            tracing::warn!(
+                status = status.as_u16(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "request failed"
+            );
+        } else {
+            tracing::debug!(
+                status = status.as_u16(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "request served"
+            );
         }
-        Err(problem) => problem.into_response(),
-    };
-    let status = response.status().as_u16().to_string();
+    });
     let labels = [
         ("method", method.to_string()),
         ("route", route),
-        ("status", status),
+        ("status", status.as_u16().to_string()),
     ];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels)
@@ -361,6 +401,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn request_ids_are_bounded_and_safe() {
+        assert!(validate_request_id("lt-1-42").is_ok());
+        assert!(validate_request_id("a.b_c:d-e").is_ok());
+        assert!(validate_request_id("").is_err());
+        assert!(validate_request_id(&"a".repeat(129)).is_err());
+        assert!(validate_request_id("a b").is_err());
+        assert!(validate_request_id("a\nb").is_err());
+    }
+
+    #[test]
     fn method_labels_are_bounded() {
         for method in [
             Method::GET,
@@ -383,14 +433,53 @@ mod tests {
         );
     }
 
-    #[test]
-    fn request_ids_are_bounded_and_safe() {
-        assert!(validate_request_id("lt-1-42").is_ok());
-        assert!(validate_request_id("a.b_c:d-e").is_ok());
-        assert!(validate_request_id("").is_err());
-        assert!(validate_request_id(&"a".repeat(129)).is_err());
-        assert!(validate_request_id("a b").is_err());
-        assert!(validate_request_id("a\nb").is_err());
+    fn parts_with_request_id(value: &str) -> Parts {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            REQUEST_ID_HEADER.clone(),
+            HeaderValue::from_str(value).expect("header value"),
+        );
+        let (request_id, invalid) = request_id_from(&headers);
+        let mut request = axum::http::Request::new(());
+        request.extensions_mut().insert(request_id);
+        if let Some(invalid) = invalid {
+            request.extensions_mut().insert(invalid);
+        }
+        request.into_parts().0
+    }
+
+    #[tokio::test]
+    async fn a_valid_request_id_is_kept() {
+        let mut parts = parts_with_request_id("lt-1-42");
+        let id = RequestId::from_request_parts(&mut parts, &())
+            .await
+            .expect("valid id");
+        assert_eq!(id.as_str(), "lt-1-42");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_request_id_is_replaced_and_refused_by_the_extractor() {
+        let mut parts = parts_with_request_id("bad id!");
+        let fresh = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .expect("a fresh id for everyone else");
+        assert!(uuid::Uuid::parse_str(fresh.as_str()).is_ok());
+        let problem = RequestId::from_request_parts(&mut parts, &())
+            .await
+            .expect_err("API handlers refuse it");
+        assert_eq!(problem.status, 400);
+        assert_eq!(
+            problem.problem_type,
+            "urn:problem:broker:invalid-request-id"
+        );
+        assert_eq!(problem.request_id.as_deref(), Some(fresh.as_str()));
+        assert!(
+            problem.detail.contains("X-Request-Id"),
+            "{}",
+            problem.detail
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,9 +1,9 @@
 //! `/api/dead-letters`: list, replay and delete requests that could not be processed.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use shared::http::{Problem, RequestId};
 use utoipa::{IntoParams, ToSchema};
@@ -95,7 +95,7 @@ fn not_found(id: &str, request_id: &RequestId) -> Problem {
 ))]
 pub async fn list(
     State(state): State<ProxyState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     Query(limit): Query<Limit>,
 ) -> Result<Json<Vec<DeadLetter>>, Problem> {
     let count = limit.get(&request_id)?;
@@ -119,7 +119,7 @@ pub async fn list(
 )]
 pub async fn replay_one(
     State(state): State<ProxyState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     Path(id): Path<String>,
 ) -> Result<Json<Replayed>, Problem> {
     check_id(&id, &request_id)?;
@@ -138,7 +138,7 @@ pub async fn replay_one(
 ))]
 pub async fn replay_all(
     State(state): State<ProxyState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     Query(limit): Query<Limit>,
 ) -> Result<Json<Replayed>, Problem> {
     let count = limit.get(&request_id)?;
@@ -162,7 +162,7 @@ pub async fn replay_all(
 )]
 pub async fn delete_one(
     State(state): State<ProxyState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     check_id(&id, &request_id)?;
@@ -180,7 +180,7 @@ pub async fn delete_one(
 ))]
 pub async fn purge(
     State(state): State<ProxyState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
 ) -> Result<Response, Problem> {
     state
         .dead_letters
