@@ -1,5 +1,5 @@
-//! Client input that must not grow metrics or break probes: made-up methods and paths, and
-//! malformed request ids.
+//! Client input that must not grow metrics, break probes or slip past validation: made-up
+//! methods and paths, malformed request ids, and JSON that is not an object.
 
 mod common;
 
@@ -189,6 +189,44 @@ async fn a_malformed_request_id_keeps_404_and_405_and_is_400_on_the_api() {
         let body = assert_problem(response, 400).await;
         assert_eq!(body["type"], "urn:problem:broker:invalid-request-id");
         assert_eq!(body["requestId"], id);
+    }
+    let redis = stack.redis_client().await;
+    assert_eq!(stream_len(&redis, REQUEST_STREAM).await, 0);
+}
+
+#[tokio::test]
+async fn only_a_json_object_is_a_city_request() {
+    let stack = Stack::start(StackOptions {
+        proxies: 0,
+        ..Default::default()
+    })
+    .await;
+    let url = format!("{}/WeatherForecast/city", stack.ingress().url);
+    for body in [
+        r#"["Oslo","Center"]"#,
+        r#"["Oslo"]"#,
+        r#""Oslo""#,
+        "42",
+        "null",
+    ] {
+        let response = stack
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        let problem = assert_problem(response, 400).await;
+        assert!(problem["requestId"].is_string(), "{problem}");
+        if body.starts_with('[') {
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("JSON object")),
+                "{body}: {problem}"
+            );
+        }
     }
     let redis = stack.redis_client().await;
     assert_eq!(stream_len(&redis, REQUEST_STREAM).await, 0);
