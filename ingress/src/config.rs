@@ -6,7 +6,8 @@ use std::time::Duration;
 use axum::http::HeaderName;
 use clap::Parser;
 use shared::config::{
-    BreakerArgs, CheckSettings, LogFormat, RedisSettings, parse_duration, parse_positive_duration,
+    BreakerArgs, CheckSettings, HttpServerArgs, LogFormat, RedisSettings, parse_duration,
+    parse_positive_duration,
 };
 
 use crate::client_key::TrustedProxies;
@@ -25,6 +26,9 @@ pub struct IngressConfig {
 
     #[command(flatten)]
     pub breaker: BreakerArgs,
+
+    #[command(flatten)]
+    pub http: HttpServerArgs,
 
     /// Address the HTTP server listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:5009")]

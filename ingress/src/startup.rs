@@ -193,14 +193,12 @@ impl Application {
             .as_ref()
             .map(|l| l.spawn_eviction(background.clone()));
         let app = router(state, config.max_body_bytes, rate_limits);
-        let mut server = tokio::spawn(
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(server_stop.clone().cancelled_owned())
-            .into_future(),
-        );
+        let mut server = tokio::spawn(shared::server::serve(
+            listener,
+            app,
+            config.http.settings(),
+            server_stop.clone(),
+        ));
         tracing::info!(
             listen_addr = %config.listen_addr,
             instance_id,
@@ -216,9 +214,7 @@ impl Application {
         };
         if let Some(result) = served_early {
             background.cancel();
-            result
-                .context("HTTP server task failed")?
-                .context("HTTP server failed")?;
+            result.context("HTTP server task failed")?;
             return Ok(());
         }
 
@@ -236,9 +232,7 @@ impl Application {
         }
         server_stop.cancel();
         match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
-            Ok(result) => result
-                .context("HTTP server task failed")?
-                .context("HTTP server failed")?,
+            Ok(result) => result.context("HTTP server task failed")?,
             Err(_) => {
                 tracing::warn!("HTTP connections did not close within 5 s; closing them");
                 server.abort();

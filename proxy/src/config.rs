@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use shared::config::{
-    BreakerArgs, CheckSettings, LogFormat, RedisSettings, parse_duration, parse_positive_duration,
+    BreakerArgs, CheckSettings, HttpServerArgs, LogFormat, RedisSettings, parse_duration,
+    parse_positive_duration,
 };
 
 use crate::admin_token::{AdminToken, TokenSetting};
@@ -23,6 +24,9 @@ pub struct ProxyConfig {
 
     #[command(flatten)]
     pub breaker: BreakerArgs,
+
+    #[command(flatten)]
+    pub http: HttpServerArgs,
 
     /// Address the HTTP server (health, metrics, status, Swagger UI) listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:5010")]

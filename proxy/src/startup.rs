@@ -179,11 +179,12 @@ impl Application {
         };
 
         let server_stop = CancellationToken::new();
-        let mut server = tokio::spawn(
-            axum::serve(listener, router(state, admin))
-                .with_graceful_shutdown(server_stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let mut server = tokio::spawn(shared::server::serve(
+            listener,
+            router(state, admin),
+            config.http.settings(),
+            server_stop.clone(),
+        ));
         tracing::info!(
             listen_addr = %config.listen_addr,
             consumer = consumer_name,
@@ -206,7 +207,7 @@ impl Application {
                 shutdown.cancel();
                 let _ = consuming.await;
                 background.cancel();
-                result.context("HTTP server task failed")?.context("HTTP server failed")?;
+                result.context("HTTP server task failed")?;
                 return Ok(());
             }
             _ = shutdown.cancelled() => {}

@@ -191,6 +191,43 @@ impl BreakerArgs {
     }
 }
 
+/// Limits of the HTTP server against slow, silent and too many clients (see
+/// [`crate::server`]): without them a few hundred such clients hold every file descriptor.
+#[derive(Debug, Clone, Args)]
+pub struct HttpServerArgs {
+    /// Longest a client may take to send a request's headers, counted from connecting (or from
+    /// the first byte of a later request on a kept-alive connection); then it is disconnected.
+    #[arg(long, env = "HTTP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub http_header_read_timeout: Duration,
+
+    /// Longest a client may take to send a request body after its headers; then it gets 408
+    /// and is disconnected.
+    #[arg(long, env = "HTTP_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub http_body_read_timeout: Duration,
+
+    /// How long a kept-alive connection may sit idle between requests (or leave a response
+    /// untaken) before it is closed. Keep it above the idle timeout of a load balancer in front.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// Client connections open at once; further ones wait in the listen backlog until one
+    /// closes. Keep it well below the open-files limit (`ulimit -n`).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+}
+
+impl HttpServerArgs {
+    /// The settings for [`crate::server::serve`].
+    pub fn settings(&self) -> crate::server::ServerSettings {
+        crate::server::ServerSettings {
+            header_read_timeout: self.http_header_read_timeout,
+            body_read_timeout: self.http_body_read_timeout,
+            idle_timeout: self.http_idle_timeout,
+            max_connections: self.max_connections as usize,
+        }
+    }
+}
+
 /// How the service writes its logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -386,6 +423,24 @@ mod tests {
             !shown.contains("s3cret") && shown.contains("redis:6379"),
             "{shown}"
         );
+    }
+
+    #[derive(clap::Parser)]
+    struct HttpOnly {
+        #[command(flatten)]
+        http: HttpServerArgs,
+    }
+
+    #[test]
+    fn http_server_defaults_match_the_server_defaults() {
+        use clap::Parser;
+        let parsed = HttpOnly::try_parse_from(["test"]).expect("defaults parse");
+        assert_eq!(
+            parsed.http.settings(),
+            crate::server::ServerSettings::default()
+        );
+        assert!(HttpOnly::try_parse_from(["test", "--max-connections", "0"]).is_err());
+        assert!(HttpOnly::try_parse_from(["test", "--http-idle-timeout", "0s"]).is_err());
     }
 
     #[test]

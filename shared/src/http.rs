@@ -3,8 +3,9 @@
 
 use std::time::Instant;
 
-use axum::extract::{FromRequest, MatchedPath, Request};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -70,6 +71,14 @@ impl Problem {
         self
     }
 
+    /// Attaches the request id when there is one.
+    pub fn with_optional_request_id(self, request_id: Option<&RequestId>) -> Self {
+        match request_id {
+            Some(id) => self.with_request_id(id),
+            None => self,
+        }
+    }
+
     /// Asks the client to retry after `secs` seconds.
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
@@ -110,15 +119,57 @@ impl IntoResponse for Problem {
 
 /// The correlation id of the current request, put into request extensions by
 /// [`request_context`]: the client's `X-Request-Id` when valid, a fresh UUID otherwise.
+///
+/// Handlers that pass the id on (the API routes) extract it directly, `request_id: RequestId`:
+/// that answers 400 `invalid-request-id` when the client sent a malformed id, instead of
+/// silently replacing an id the client will look for. `Extension<RequestId>` never fails and
+/// gives the fresh id; health, metrics and the 404/405 fallbacks use that, so a probe or scraper
+/// that forwards an odd id is still answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub String);
 
 impl RequestId {
+    /// A fresh random id (UUID v4).
+    pub fn generate() -> Self {
+        RequestId(uuid::Uuid::new_v4().to_string())
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // Without the middleware there is no id yet; a fresh one is still a valid answer.
+        let id = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::generate);
+        match parts.extensions.get::<InvalidRequestId>() {
+            Some(invalid) => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-request-id",
+                "Invalid X-Request-Id",
+                format!(
+                    "{}; send 1 to {MAX_REQUEST_ID_LEN} such characters, or leave the header out and use the generated `requestId`",
+                    invalid.0
+                ),
+            )
+            .with_request_id(&id)),
+            None => Ok(id),
+        }
+    }
+}
+
+/// Put into request extensions by [`request_context`] when the client's `X-Request-Id` failed
+/// validation (the request then carries a fresh [`RequestId`]); holds what was wrong.
+#[derive(Debug, Clone)]
+struct InvalidRequestId(String);
 
 /// Checks a client-supplied request id against the protocol's rule
 /// ([`crate::protocol::validate_request_id`]); the message names the header.
@@ -126,76 +177,97 @@ pub fn validate_request_id(id: &str) -> Result<(), String> {
     crate::protocol::validate_request_id(id).map_err(|why| format!("X-Request-Id: {why}"))
 }
 
-fn request_id_from(headers: &HeaderMap) -> Result<RequestId, Problem> {
+/// The client's id when valid; otherwise a fresh one, plus what was wrong with the client's.
+fn request_id_from(headers: &HeaderMap) -> (RequestId, Option<InvalidRequestId>) {
     let Some(value) = headers.get(&REQUEST_ID_HEADER) else {
-        return Ok(RequestId(uuid::Uuid::new_v4().to_string()));
+        return (RequestId::generate(), None);
     };
-    let invalid = |detail: String| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-request-id",
-            "Invalid X-Request-Id",
-            detail,
-        )
-    };
-    let id = value
+    let checked = value
         .to_str()
-        .map_err(|_| invalid("X-Request-Id must be ASCII".into()))?;
-    validate_request_id(id).map_err(invalid)?;
-    Ok(RequestId(id.to_string()))
+        .map_err(|_| "X-Request-Id must be ASCII".to_string())
+        .and_then(|id| validate_request_id(id).map(|()| id));
+    match checked {
+        Ok(id) => (RequestId(id.to_string()), None),
+        Err(detail) => (RequestId::generate(), Some(InvalidRequestId(detail))),
+    }
+}
+
+/// The `method` label value: the standard methods by name, anything else as `other`, so that
+/// made-up methods cannot create metric series without bound.
+pub fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
+    }
 }
 
 /// Middleware for every route: assigns the request id, runs the handler inside a tracing span
 /// carrying it, echoes it in `X-Request-Id`, and records `http_requests_total` and
 /// `http_request_duration_seconds` by method, matched route template and status.
+///
+/// Every label value is bounded whatever the client sends: methods by [`method_label`], routes
+/// by their template (`unmatched` for any unknown path), status by the response. A malformed
+/// `X-Request-Id` is replaced by a fresh id here and refused only by handlers that extract
+/// [`RequestId`], so unknown routes and methods still get 404/405 and probes still get answers.
 pub async fn request_context(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let mut response = match request_id_from(request.headers()) {
-        Ok(request_id) => {
-            let span = tracing::info_span!("http", request_id = %request_id.0, %method, %route);
-            let header = HeaderValue::from_str(&request_id.0).ok();
-            request.extensions_mut().insert(request_id);
-            let mut response = next.run(request).instrument(span.clone()).await;
-            if let Some(header) = header {
-                response
-                    .headers_mut()
-                    .insert(REQUEST_ID_HEADER.clone(), header);
+    let (request_id, invalid) = request_id_from(request.headers());
+    let span =
+        tracing::info_span!("http", request_id = %request_id.0, method = %request.method(), %route);
+    let header = HeaderValue::from_str(&request_id.0).ok();
+    if let Some(invalid) = invalid {
+        span.in_scope(|| tracing::debug!(problem = %invalid.0, "ignoring an invalid X-Request-Id"));
+        request.extensions_mut().insert(invalid);
+    }
+    request.extensions_mut().insert(request_id);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    if let Some(header) = header {
+        response
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER.clone(), header);
+    }
+    let status = response.status();
+    span.in_scope(|| {
+        // A 503 from a health probe is an answer, not a failure of this service. Under
+        // overload this line could fire for every request: at most 5 a second get through,
+        // the count of the others rides on the next (metrics count them all).
+        static FAILED: crate::telemetry::LogLimiter = crate::telemetry::LogLimiter::new(5);
+        if status.is_server_error() && !route.starts_with("/health") {
+            if let Some(suppressed) = FAILED.check() {
+                tracing::warn!(
+                    status = status.as_u16(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    suppressed,
+                    "request failed"
+                );
             }
-            let status = response.status();
-            span.in_scope(|| {
-                // A 503 from a health probe is an answer, not a failure of this service. Under
-                // overload this line could fire for every request: at most 5 a second get
-                // through, the count of the others rides on the next (metrics count them all).
-                static FAILED: crate::telemetry::LogLimiter = crate::telemetry::LogLimiter::new(5);
-                if status.is_server_error() && !route.starts_with("/health") {
-                    if let Some(suppressed) = FAILED.check() {
-                        tracing::warn!(
-                            status = status.as_u16(),
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            suppressed,
-                            "request failed"
-                        );
-                    }
-                } else {
-                    tracing::debug!(
-                        status = status.as_u16(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "request served"
-                    );
-                }
-            });
-            response
+        } else {
+            tracing::debug!(
+                status = status.as_u16(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "request served"
+            );
         }
-        Err(problem) => problem.into_response(),
-    };
-    let status = response.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
+    });
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route),
+        ("status", status.as_u16().to_string()),
+    ];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
@@ -252,7 +324,8 @@ pub async fn metrics_handler() -> Response {
 }
 
 /// A JSON body extractor whose rejections are [`Problem`]s: 400 for malformed JSON or wrong
-/// fields, 413 over the body limit, 415 for a missing or wrong `Content-Type`.
+/// fields, 408 when the body does not arrive within HTTP_BODY_READ_TIMEOUT, 413 over the body
+/// limit, 415 for a missing or wrong `Content-Type`.
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
@@ -268,6 +341,15 @@ where
             Ok(axum::Json(value)) => return Ok(ApiJson(value)),
             Err(rejection) => {
                 use axum::extract::rejection::JsonRejection;
+                if let Some(timeout) = crate::server::body_read_timeout_in(&rejection) {
+                    return Err(Problem::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body-timeout",
+                        "Request body too slow",
+                        format!("{timeout}; send the whole body right after the headers"),
+                    )
+                    .with_optional_request_id(request_id.as_ref()));
+                }
                 match rejection {
                     JsonRejection::MissingJsonContentType(_) => Problem::new(
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -305,10 +387,7 @@ where
                 }
             }
         };
-        Err(match request_id {
-            Some(id) => problem.with_request_id(&id),
-            None => problem,
-        })
+        Err(problem.with_optional_request_id(request_id.as_ref()))
     }
 }
 
@@ -413,6 +492,108 @@ mod tests {
         assert!(validate_request_id(&"a".repeat(129)).is_err());
         assert!(validate_request_id("a b").is_err());
         assert!(validate_request_id("a\nb").is_err());
+    }
+
+    #[test]
+    fn method_labels_are_bounded() {
+        for method in [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+            Method::CONNECT,
+            Method::TRACE,
+        ] {
+            assert_eq!(method_label(&method), method.as_str());
+        }
+        let made_up = Method::from_bytes("X".repeat(200).as_bytes()).expect("a token");
+        assert_eq!(method_label(&made_up), "other");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"get").expect("a token")),
+            "other"
+        );
+    }
+
+    fn parts_with_request_id(value: &str) -> Parts {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            REQUEST_ID_HEADER.clone(),
+            HeaderValue::from_str(value).expect("header value"),
+        );
+        let (request_id, invalid) = request_id_from(&headers);
+        let mut request = axum::http::Request::new(());
+        request.extensions_mut().insert(request_id);
+        if let Some(invalid) = invalid {
+            request.extensions_mut().insert(invalid);
+        }
+        request.into_parts().0
+    }
+
+    #[tokio::test]
+    async fn a_valid_request_id_is_kept() {
+        let mut parts = parts_with_request_id("lt-1-42");
+        let id = RequestId::from_request_parts(&mut parts, &())
+            .await
+            .expect("valid id");
+        assert_eq!(id.as_str(), "lt-1-42");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_request_id_is_replaced_and_refused_by_the_extractor() {
+        let mut parts = parts_with_request_id("bad id!");
+        let fresh = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .expect("a fresh id for everyone else");
+        assert!(uuid::Uuid::parse_str(fresh.as_str()).is_ok());
+        let problem = RequestId::from_request_parts(&mut parts, &())
+            .await
+            .expect_err("API handlers refuse it");
+        assert_eq!(problem.status, 400);
+        assert_eq!(
+            problem.problem_type,
+            "urn:problem:broker:invalid-request-id"
+        );
+        assert_eq!(problem.request_id.as_deref(), Some(fresh.as_str()));
+        assert!(
+            problem.detail.contains("X-Request-Id"),
+            "{}",
+            problem.detail
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_is_a_408_problem() {
+        struct Stalled;
+        impl axum::body::HttpBody for Stalled {
+            type Data = axum::body::Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<
+                Option<Result<hyper::body::Frame<axum::body::Bytes>, std::convert::Infallible>>,
+            > {
+                std::task::Poll::Pending
+            }
+        }
+        let body = crate::server::TimedBody::new(Stalled, std::time::Duration::from_secs(30));
+        let mut request = axum::http::Request::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::new(body))
+            .expect("request");
+        request.extensions_mut().insert(RequestId("slow-1".into()));
+        let problem = match ApiJson::<serde_json::Value>::from_request(request, &()).await {
+            Ok(_) => panic!("a stalled body cannot be parsed"),
+            Err(problem) => problem,
+        };
+        assert_eq!(problem.status, 408);
+        assert_eq!(problem.problem_type, "urn:problem:broker:body-timeout");
+        assert_eq!(problem.request_id.as_deref(), Some("slow-1"));
     }
 
     #[test]

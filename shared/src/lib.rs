@@ -2,7 +2,7 @@
 //!
 //! The two services talk only through Redis, so the wire format ([`protocol`]), the Redis
 //! connection setup ([`redis`]), the consumer-group bookkeeping ([`streams`]) and the
-//! operational plumbing (configuration pieces, telemetry, HTTP helpers, shutdown) live here once
+//! operational plumbing (configuration pieces, telemetry, HTTP server and helpers, shutdown) live here once
 //! instead of being written twice and drifting apart.
 
 pub mod batch;
@@ -15,6 +15,7 @@ pub mod redis_problems;
 pub mod resilience;
 pub mod scripts;
 pub mod secrets;
+pub mod server;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;

@@ -126,6 +126,7 @@ pub fn register_common_metrics() {
         "stream_group_consumers",
         "Consumers registered in the consumer group, sampled"
     );
+    crate::server::describe_metrics();
     for operation in REDIS_OPERATIONS {
         metrics::counter!("redis_errors_total", "operation" => *operation).absolute(0);
     }

@@ -1,7 +1,9 @@
 //! The weather API's JSON shapes, shared so the ingress documents exactly what the proxy
 //! produces. Field names are camelCase as the seed's clients send and expect.
 
-use serde::{Deserialize, Serialize};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 /// Longest accepted city name, in characters.
@@ -9,8 +11,8 @@ pub const MAX_CITY_CHARS: usize = 100;
 /// Longest accepted location, in characters.
 pub const MAX_LOCATION_CHARS: usize = 100;
 
-/// Body of `POST /WeatherForecast/city`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+/// Body of `POST /WeatherForecast/city`: a JSON object (an array is refused).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(example = json!({"city": "New York", "location": "Downtown"}))]
 pub struct CityForecastRequest {
@@ -18,9 +20,42 @@ pub struct CityForecastRequest {
     #[schema(min_length = 1, max_length = 100, example = "New York")]
     pub city: String,
     /// Part of the city, up to 100 characters; may be omitted.
+    // `default` here only tells the OpenAPI schema that the field is optional.
     #[serde(default)]
     #[schema(max_length = 100, example = "Downtown")]
     pub location: String,
+}
+
+/// Accepts only a JSON object. serde's derived struct impl also takes a sequence, mapping
+/// `["Oslo","Center"]` onto the fields by position; an API whose contract is named fields must
+/// not accept that (clients would come to depend on field order).
+impl<'de> Deserialize<'de> for CityForecastRequest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Fields {
+            city: String,
+            #[serde(default)]
+            location: String,
+        }
+
+        struct ObjectOnly;
+
+        impl<'de> Visitor<'de> for ObjectOnly {
+            type Value = Fields;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a JSON object with `city` and optionally `location`")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Fields, A::Error> {
+                Fields::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        let Fields { city, location } = deserializer.deserialize_map(ObjectOnly)?;
+        Ok(CityForecastRequest { city, location })
+    }
 }
 
 impl CityForecastRequest {
@@ -129,5 +164,23 @@ mod tests {
                 .contains("location")
         );
         assert!(request("x\u{0}", "").validate().is_err());
+    }
+
+    #[test]
+    fn only_a_json_object_is_a_request() {
+        let parsed: CityForecastRequest =
+            serde_json::from_str(r#"{"city":"Oslo","location":"Center","extra":1}"#)
+                .expect("an object");
+        assert_eq!(parsed, request("Oslo", "Center"));
+        let parsed: CityForecastRequest =
+            serde_json::from_str(r#"{"city":"Oslo"}"#).expect("location may be left out");
+        assert_eq!(parsed, request("Oslo", ""));
+        let error = serde_json::from_str::<CityForecastRequest>(r#"["Oslo","Center"]"#)
+            .expect_err("an array is not a request");
+        assert!(error.to_string().contains("JSON object"), "{error}");
+        assert!(serde_json::from_str::<CityForecastRequest>(r#""Oslo""#).is_err());
+        let error = serde_json::from_str::<CityForecastRequest>(r#"{"location":"x"}"#)
+            .expect_err("city is required");
+        assert!(error.to_string().contains("city"), "{error}");
     }
 }

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +30,8 @@ pub const REQUEST_TIMEOUT_HEADER: &str = "request-timeout";
     ),
     responses(
         (status = 200, description = "The proxy's forecast", body = CityForecast),
-        (status = 400, description = "Malformed JSON, invalid fields or headers", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, not a JSON object, invalid fields or headers (including a malformed X-Request-Id)", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within HTTP_BODY_READ_TIMEOUT after the headers", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The X-Request-Id is already in flight", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the size limit (16 KiB by default)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Content-Type is not application/json", body = Problem, content_type = "application/problem+json"),
@@ -42,7 +42,7 @@ pub const REQUEST_TIMEOUT_HEADER: &str = "request-timeout";
 )]
 pub async fn city_forecast(
     State(state): State<Arc<AppState>>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CityForecastRequest>,
 ) -> Result<Response, Problem> {
@@ -73,7 +73,7 @@ pub async fn city_forecast(
     ),
     responses(
         (status = 200, description = "Five days of sample forecast", body = [DailyForecast]),
-        (status = 400, description = "Invalid headers", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid headers (including a malformed X-Request-Id)", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The proxy replied with an error", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Not queued: overloaded, queue too long for the deadline, no proxy reading, draining, or Redis unreachable / out of memory; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "No reply before the deadline (the request may still be processed), or Redis did not confirm the write", body = Problem, content_type = "application/problem+json"),
@@ -81,7 +81,7 @@ pub async fn city_forecast(
 )]
 pub async fn sample_forecast(
     State(state): State<Arc<AppState>>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     forward(

@@ -1,9 +1,9 @@
 //! `/api/dead-letters`: list, replay and delete requests that could not be processed.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use shared::http::{ApiPath, ApiQuery, Problem, RequestId};
 use utoipa::{IntoParams, ToSchema};
@@ -97,7 +97,7 @@ fn not_found(id: EntryId, request_id: &RequestId) -> Problem {
 ))]
 pub async fn list(
     State(state): State<ProxyState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     ApiQuery(limit): ApiQuery<Limit>,
 ) -> Result<Json<Vec<DeadLetter>>, Problem> {
     let count = limit.get(&request_id)?;
@@ -122,7 +122,7 @@ pub async fn list(
 )]
 pub async fn replay_one(
     State(state): State<ProxyState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Replayed>, Problem> {
     let entry_id = parse_id(&id, &request_id)?;
@@ -142,7 +142,7 @@ pub async fn replay_one(
 ))]
 pub async fn replay_all(
     State(state): State<ProxyState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     ApiQuery(limit): ApiQuery<Limit>,
 ) -> Result<Json<Replayed>, Problem> {
     let count = limit.get(&request_id)?;
@@ -166,7 +166,7 @@ pub async fn replay_all(
 )]
 pub async fn delete_one(
     State(state): State<ProxyState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, Problem> {
     let entry_id = parse_id(&id, &request_id)?;
@@ -184,7 +184,7 @@ pub async fn delete_one(
 ))]
 pub async fn purge(
     State(state): State<ProxyState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
 ) -> Result<Response, Problem> {
     state
         .dead_letters

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::Extension;
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -40,7 +39,11 @@ pub async fn refuse_when_disabled(
 #[utoipa::path(get, path = "/api/config", tag = "failure injection", responses(
     (status = 200, description = "Current settings", body = FaultConfig),
 ))]
-pub async fn get_config(State(state): State<ProxyState>) -> Json<FaultConfig> {
+pub async fn get_config(
+    State(state): State<ProxyState>,
+    // Refuses a malformed X-Request-Id with 400, as every API route does.
+    _request_id: RequestId,
+) -> Json<FaultConfig> {
     Json(state.faults.get())
 }
 
@@ -55,7 +58,7 @@ pub async fn get_config(State(state): State<ProxyState>) -> Json<FaultConfig> {
 )]
 pub async fn update_config(
     State(state): State<ProxyState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     ApiJson(update): ApiJson<FaultConfigUpdate>,
 ) -> Result<Json<FaultConfig>, Problem> {
     state.faults.update(update).map(Json).map_err(|detail| {
@@ -73,6 +76,10 @@ pub async fn update_config(
 #[utoipa::path(post, path = "/api/config/reset", tag = "failure injection", responses(
     (status = 200, description = "All rates back to 0", body = FaultConfig),
 ))]
-pub async fn reset_config(State(state): State<ProxyState>) -> Json<FaultConfig> {
+pub async fn reset_config(
+    State(state): State<ProxyState>,
+    // Refuses a malformed X-Request-Id with 400, as every API route does.
+    _request_id: RequestId,
+) -> Json<FaultConfig> {
     Json(state.faults.reset())
 }

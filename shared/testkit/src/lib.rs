@@ -302,11 +302,46 @@ impl Service {
         service
     }
 
+    /// Like [`Service::start`], with the process's open-files limit (RLIMIT_NOFILE, soft and
+    /// hard) set to `max_open_files`, to run it out of file descriptors on purpose.
+    pub async fn start_with_open_files_limit(
+        name: &str,
+        env: &[(&str, String)],
+        max_open_files: u64,
+    ) -> Self {
+        let service = Self::spawn_with(name, env, Some(max_open_files));
+        service.wait_ready().await;
+        service
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     fn spawn(name: &str, env: &[(&str, String)]) -> Self {
+        Self::spawn_with(name, env, None)
+    }
+
+    fn spawn_with(name: &str, env: &[(&str, String)], max_open_files: Option<u64>) -> Self {
         let port = free_port();
         let log = tempfile::NamedTempFile::new().expect("log file");
         let stderr = log.reopen().expect("reopen log file");
-        let child = Command::new(binary(name))
+        let mut command = Command::new(binary(name));
+        if let Some(limit) = max_open_files {
+            // SAFETY: setrlimit is a plain system call, safe between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        limit,
+                        limit,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
@@ -415,4 +450,136 @@ pub fn sum_metric(text: &str, name: &str) -> f64 {
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// HTTP/1.1 over a raw TCP socket, for tests that must control every byte and see when the
+/// server closes the connection (what an HTTP client hides).
+pub mod raw_http {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// One response read off a socket.
+    #[derive(Debug)]
+    pub struct RawResponse {
+        /// Status code.
+        pub status: u16,
+        /// The head as text (status line and headers).
+        pub head: String,
+        /// The body (by Content-Length).
+        pub body: Vec<u8>,
+    }
+
+    impl RawResponse {
+        /// The body as text.
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+
+        /// Value of header `name` (case-insensitive).
+        pub fn header(&self, name: &str) -> Option<String> {
+            self.head.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_string())
+            })
+        }
+    }
+
+    /// Connects to a service URL like `http://127.0.0.1:40123`.
+    pub async fn connect(url: &str) -> TcpStream {
+        let addr = url.trim_start_matches("http://").trim_end_matches('/');
+        TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+    }
+
+    /// Writes `bytes`, panicking on failure.
+    pub async fn send(stream: &mut TcpStream, bytes: &[u8]) {
+        stream.write_all(bytes).await.expect("write to the server");
+    }
+
+    /// A complete `GET path` request that keeps the connection alive.
+    pub fn get(path: &str) -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").into_bytes()
+    }
+
+    /// Reads one response (head and Content-Length body); panics if the server closes first
+    /// or nothing complete arrives `within`.
+    pub async fn read_response(stream: &mut TcpStream, within: Duration) -> RawResponse {
+        tokio::time::timeout(within, read_response_inner(stream))
+            .await
+            .unwrap_or_else(|_| panic!("no complete response within {within:?}"))
+    }
+
+    async fn read_response_inner(stream: &mut TcpStream) -> RawResponse {
+        let mut buffer = Vec::new();
+        let head_end = loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("read a response");
+            assert!(
+                n > 0,
+                "the server closed the connection before a response; got {:?}",
+                String::from_utf8_lossy(&buffer)
+            );
+            buffer.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {head:?}"));
+        let mut response = RawResponse {
+            status,
+            head,
+            body: buffer[head_end..].to_vec(),
+        };
+        let length: usize = response
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while response.body.len() < length {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("read a response body");
+            assert!(n > 0, "the server closed the connection mid-body");
+            response.body.extend_from_slice(&chunk[..n]);
+        }
+        response
+    }
+
+    /// Waits until the server closes the connection (a read returns 0 or fails) and returns
+    /// what it sent before; panics if it is still open after `within`.
+    pub async fn wait_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+        let mut received = Vec::new();
+        let closed = tokio::time::timeout(within, async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => received.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the server kept the connection open for {within:?}; it sent {:?}",
+            String::from_utf8_lossy(&received)
+        );
+        received
+    }
+
+    /// True when the connection is still open, with nothing received, after `wait`.
+    pub async fn still_open_after(stream: &mut TcpStream, wait: Duration) -> bool {
+        let mut chunk = [0u8; 1];
+        tokio::time::timeout(wait, stream.read(&mut chunk))
+            .await
+            .is_err()
+    }
 }
