@@ -253,8 +253,8 @@ pub async fn read_replies(
         backoff = Duration::from_millis(50);
         let read_any = !entries.is_empty();
         for entry in entries {
+            deliver(&pending, entry.text_fields());
             last_id = entry.id;
-            deliver(&pending, entry.fields);
         }
         if read_any {
             // Everything before the last read entry has been handed over; drop it so the

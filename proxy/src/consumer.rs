@@ -393,7 +393,7 @@ impl Terminal {
     /// Returns (operation, outcome) labels, or `None` when the entry was left pending.
     async fn handle_inner(&self, work: Work) -> Option<(String, &'static str)> {
         let Work { entry, deliveries } = work;
-        let request = match RequestEntry::from_fields(entry.fields.clone()) {
+        let request = match RequestEntry::from_fields(entry.text_fields()) {
             Ok(request) => request,
             Err(err) => {
                 let failure = Failure {

@@ -122,24 +122,38 @@ impl DeadLetters {
         entry: &StreamEntry,
         failure: Failure<'_>,
     ) -> Result<(), Error> {
-        let mut record: Vec<(String, String)> = entry
+        // The entry's fields exactly as read, bytes that are not UTF-8 included, so a replay
+        // puts back what the caller wrote.
+        let mut record: Vec<(Key, Value)> = entry
             .fields
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (Key::from(k.clone()), Value::Bytes(v.clone())))
             .collect();
-        record.sort();
+        let text = |s: String| Value::from(s);
         record.extend([
-            (fields::SOURCE_ID.to_string(), entry.id.clone()),
-            (fields::REASON.to_string(), failure.reason.to_string()),
-            (fields::ERROR.to_string(), failure.error.clone()),
             (
-                fields::DELIVERIES.to_string(),
-                failure.deliveries.to_string(),
+                Key::from_static_str(fields::SOURCE_ID),
+                text(entry.id.clone()),
             ),
-            (fields::CONSUMER.to_string(), failure.consumer.to_string()),
             (
-                fields::AT_MS.to_string(),
-                unix_ms(SystemTime::now()).to_string(),
+                Key::from_static_str(fields::REASON),
+                text(failure.reason.to_string()),
+            ),
+            (
+                Key::from_static_str(fields::ERROR),
+                text(failure.error.clone()),
+            ),
+            (
+                Key::from_static_str(fields::DELIVERIES),
+                text(failure.deliveries.to_string()),
+            ),
+            (
+                Key::from_static_str(fields::CONSUMER),
+                text(failure.consumer.to_string()),
+            ),
+            (
+                Key::from_static_str(fields::AT_MS),
+                text(unix_ms(SystemTime::now()).to_string()),
             ),
         ]);
         let _: String = self
@@ -150,11 +164,7 @@ impl DeadLetters {
         metrics::counter!("proxy_dead_lettered_total", "reason" => failure.reason).increment(1);
         tracing::warn!(
             entry_id = entry.id,
-            request_id = entry
-                .fields
-                .get(request_fields::REQUEST_ID)
-                .map(String::as_str)
-                .unwrap_or("?"),
+            request_id = entry.text(request_fields::REQUEST_ID).unwrap_or("?"),
             reason = failure.reason,
             deliveries = failure.deliveries,
             error = failure.error,
@@ -162,12 +172,12 @@ impl DeadLetters {
             "dead-lettered"
         );
         if let (Some(request_id), Some(reply_to)) = (
-            entry.fields.get(request_fields::REQUEST_ID),
-            entry.fields.get(request_fields::REPLY_TO),
+            entry.text(request_fields::REQUEST_ID),
+            entry.text(request_fields::REPLY_TO),
         ) {
             let reply = ReplyEntry {
-                request_id: request_id.clone(),
-                token: entry.fields.get(request_fields::TOKEN).cloned(),
+                request_id: request_id.to_string(),
+                token: entry.text(request_fields::TOKEN).map(str::to_string),
                 status: ReplyStatus::Error {
                     code: "dead_lettered".into(),
                     message: format!(
@@ -312,7 +322,7 @@ pub fn is_invalid_id(err: &Error) -> bool {
 }
 
 fn to_dead_letter(entry: StreamEntry) -> DeadLetter {
-    let mut f: HashMap<String, String> = entry.fields;
+    let mut f: HashMap<String, String> = entry.text_fields();
     let at_ms = f
         .remove(fields::AT_MS)
         .and_then(|v| v.parse::<u64>().ok())

@@ -500,3 +500,79 @@ async fn redis_rejections_of_stream_ids_are_recognised() {
         .expect_err("XDEL on a string");
     assert!(!is_invalid_id(&err), "{err}");
 }
+
+/// Raw field values of the newest entry of `stream`.
+async fn newest_raw(redis: &Client, stream: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let reply: fred::types::Value = redis
+        .xrevrange(stream, "+", "-", Some(1))
+        .await
+        .expect("XREVRANGE");
+    let entries = shared::streams::range_entries(reply).expect("entries");
+    let entry = entries.into_iter().next().expect("an entry");
+    entry
+        .fields
+        .into_iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_field_that_is_not_utf8_survives_dead_lettering_and_replay_byte_for_byte() {
+    let setup = Setup::start().await;
+    let payload: &[u8] = b"{\"city\":\"\xff\xfe\"}";
+    let before = dead_lettered_total(&setup.proxy).await;
+    let fields: Vec<(&str, fred::types::Value)> = vec![
+        ("v", "1".into()),
+        ("id", "binary-1".into()),
+        ("reply_to", REPLY_STREAM.into()),
+        ("deadline_ms", "99999999999999".into()),
+        ("op", "weather.city".into()),
+        (
+            "payload",
+            fred::types::Value::Bytes(fred::bytes::Bytes::from_static(payload)),
+        ),
+    ];
+    let _: String = setup
+        .redis
+        .xadd(REQUEST_STREAM, false, None, "*", fields)
+        .await
+        .expect("XADD");
+    wait_until("dead-lettered", Duration::from_secs(10), || async {
+        dead_lettered_total(&setup.proxy).await > before
+    })
+    .await;
+    let copy = newest_raw(&setup.redis, "weather-requests:dlq").await;
+    assert!(
+        copy.iter()
+            .any(|(k, v)| k.as_slice() == b"payload" && v.as_slice() == payload),
+        "the dead-letter copy keeps the raw payload: {copy:?}"
+    );
+    let letter = setup
+        .list()
+        .await
+        .into_iter()
+        .find(|l| l["requestId"] == "binary-1")
+        .expect("listed");
+    assert_eq!(letter["reason"], "unreadable");
+
+    // Replaying puts the same bytes back on the request stream (where it fails again).
+    let id = letter["id"].as_str().expect("id").to_string();
+    let replayed = setup
+        .http
+        .post(setup.url(&format!("/api/dead-letters/{id}/replay")))
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(replayed.status(), 200);
+    wait_until("dead-lettered again", Duration::from_secs(10), || async {
+        dead_lettered_total(&setup.proxy).await > before + 1.0
+    })
+    .await;
+    let again = newest_raw(&setup.redis, "weather-requests:dlq").await;
+    assert!(
+        again
+            .iter()
+            .any(|(k, v)| k.as_slice() == b"payload" && v.as_slice() == payload),
+        "{again:?}"
+    );
+}

@@ -388,14 +388,52 @@ async fn sample_once(
     Some(sample)
 }
 
-/// One entry read from a stream, its fields as text.
+/// Field bytes, shared with fred's buffers (cloning one copies nothing).
+pub use fred::bytes::Bytes;
+
+/// One entry read from a stream: its fields exactly as stored, bytes included. Readers that
+/// want text ask for it field by field; nothing is dropped for not being UTF-8, so an
+/// unreadable entry can still be copied whole (to the dead-letter stream) and replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {
     /// The entry id (`<ms>-<seq>`).
     pub id: String,
-    /// Fields whose name and value are UTF-8; others are left out, so one malformed entry
-    /// cannot make a whole read fail.
-    pub fields: std::collections::HashMap<String, String>,
+    /// Name/value pairs in stream order.
+    pub fields: Vec<(Bytes, Bytes)>,
+}
+
+impl StreamEntry {
+    /// The value of field `name`, as bytes.
+    pub fn get(&self, name: &str) -> Option<&Bytes> {
+        self.fields
+            .iter()
+            .find(|(key, _)| key.as_ref() == name.as_bytes())
+            .map(|(_, value)| value)
+    }
+
+    /// The value of field `name`, when it is UTF-8.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.get(name)
+            .and_then(|value| std::str::from_utf8(value).ok())
+    }
+
+    /// The fields whose name and value are UTF-8, by name (for decoding the protocol, whose
+    /// fields are text; a field that is not UTF-8 is simply absent here).
+    pub fn text_fields(&self) -> std::collections::HashMap<String, String> {
+        self.fields
+            .iter()
+            .filter_map(|(key, value)| {
+                Some((
+                    std::str::from_utf8(key).ok()?.to_string(),
+                    std::str::from_utf8(value).ok()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+}
+
+fn field_pair(key: Value, value: Value) -> Option<(Bytes, Bytes)> {
+    Some((key.into_bytes()?, value.into_bytes()?))
 }
 
 /// Flattens an XREAD / XREADGROUP reply (RESP2 or RESP3) into its entries, in order.
@@ -414,7 +452,7 @@ pub fn read_entries(reply: Value) -> Result<Vec<StreamEntry>, Error> {
             id,
             fields: fields
                 .into_iter()
-                .filter_map(|(key, value)| Some((key.as_str()?.to_string(), value.as_string()?)))
+                .filter_map(|(key, value)| Some((key.into_bytes(), value.into_bytes()?)))
                 .collect(),
         })
         .collect())
@@ -438,18 +476,25 @@ pub fn range_entries(reply: Value) -> Result<Vec<StreamEntry>, Error> {
         let Some(id) = pair.pop().and_then(|id| id.as_string()) else {
             continue;
         };
-        let fields = match fields {
-            Value::Null => continue,
-            other => other.into_map()?,
-        };
-        entries.push(StreamEntry {
-            id,
-            fields: fields
+        let pairs: Vec<(Bytes, Bytes)> = match fields {
+            // RESP2: a flat array of names and values.
+            Value::Array(flat) => {
+                let mut pairs = Vec::with_capacity(flat.len() / 2);
+                let mut values = flat.into_iter();
+                while let (Some(key), Some(value)) = (values.next(), values.next()) {
+                    pairs.extend(field_pair(key, value));
+                }
+                pairs
+            }
+            // RESP3: a map.
+            Value::Map(map) => map
                 .inner()
                 .into_iter()
-                .filter_map(|(key, value)| Some((key.as_str()?.to_string(), value.as_string()?)))
+                .filter_map(|(key, value)| Some((key.into_bytes(), value.into_bytes()?)))
                 .collect(),
-        });
+            _ => continue, // nil: deleted
+        };
+        entries.push(StreamEntry { id, fields: pairs });
     }
     Ok(entries)
 }

@@ -259,7 +259,7 @@ pub async fn take_request(redis: &Client, consumer: &str) -> Fields {
             .expect("XREADGROUP");
         let entries = shared::streams::read_entries(reply).expect("entries");
         if let Some(entry) = entries.into_iter().next() {
-            return entry.fields;
+            return entry.text_fields();
         }
         assert!(
             tokio::time::Instant::now() < deadline,
