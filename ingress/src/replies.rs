@@ -333,7 +333,9 @@ pub async fn keep_reply_stream(
             _ = tokio::time::sleep(interval) => {}
         }
     }
-    if let Err(err) = commands.del::<(), _>(enqueuer.reply_stream()).await {
+    let deleted =
+        shared::redis::at_shutdown(&commands, commands.del::<(), _>(enqueuer.reply_stream())).await;
+    if let Some(Err(err)) = deleted {
         record_error("del", &err);
     }
 }

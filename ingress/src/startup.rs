@@ -23,6 +23,10 @@ use crate::routes::rate_limit::RateLimiting;
 use crate::routes::router;
 use crate::state::AppState;
 
+/// How long `build` waits for Redis before it starts anyway (serving 503 until Redis answers):
+/// short, so a SIGTERM during a Redis outage is obeyed within a second.
+const STARTUP_CONNECT_WAIT: Duration = Duration::from_millis(500);
+
 /// How often the request stream's length, lag, drain rate and consumers are sampled. Short,
 /// because admission estimates waits from it; it costs three cheap commands per sample.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
@@ -70,7 +74,7 @@ impl Application {
         });
 
         let mut first_reply_id = "0-0".to_string();
-        if wait_connected(&commands, Duration::from_secs(5)).await {
+        if wait_connected(&commands, STARTUP_CONNECT_WAIT).await {
             ensure_group(
                 &commands,
                 &config.redis.request_stream,
@@ -241,8 +245,10 @@ impl Application {
         background.cancel();
         let _ = reader.await;
         let _ = keeper.await; // deletes the reply stream
-        let _ = commands.quit().await;
-        let _ = blocking.quit().await;
+        tokio::join!(
+            shared::redis::quit(&commands),
+            shared::redis::quit(&blocking)
+        );
         tracing::info!("ingress stopped");
         Ok(())
     }

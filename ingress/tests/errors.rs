@@ -356,3 +356,35 @@ async fn bad_configuration_exits_non_zero_with_one_line_naming_the_setting() {
         }
     }
 }
+
+#[tokio::test]
+async fn with_redis_unreachable_a_service_says_so_at_once_and_exits_promptly_on_sigterm() {
+    let nobody = free_port();
+    for name in ["ingress", "proxy"] {
+        let mut service = Service::start_live(
+            name,
+            &[
+                ("REDIS_URL", format!("redis://127.0.0.1:{nobody}")),
+                ("ADMIN_TOKEN", "errors-test-admin-token-1".into()),
+            ],
+        )
+        .await;
+        testkit::wait_until(
+            &format!("{name} to log that Redis does not answer"),
+            Duration::from_secs(15),
+            || async { service.logs().contains("check that Redis runs") },
+        )
+        .await;
+        let started = Instant::now();
+        service.sigterm();
+        let code = service.wait_exit(Duration::from_secs(30)).await;
+        let took = started.elapsed();
+        println!("{name} with Redis unreachable: exit {code:?} {took:?} after SIGTERM");
+        assert_eq!(code, Some(0), "{}", service.logs());
+        // It used to wait out Redis command timeouts: about 20 s.
+        assert!(
+            took < Duration::from_secs(5),
+            "{name} took {took:?} to exit"
+        );
+    }
+}

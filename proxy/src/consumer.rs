@@ -138,7 +138,12 @@ impl Consumer {
             };
             if last_reclaim.elapsed() >= self.recovery.interval {
                 last_reclaim = Instant::now();
-                let claimed = self.reclaim(permits.len(), &terminals).await;
+                let Some(claimed) = self
+                    .unless_stopped_offline(&stop, self.reclaim(permits.len(), &terminals))
+                    .await
+                else {
+                    break;
+                };
                 if !claimed.is_empty() {
                     for work in claimed {
                         let Some(permit) = permits.pop() else { break };
@@ -153,7 +158,13 @@ impl Consumer {
                     }
                 }
             }
-            match self.read(permits.len(), read_block).await {
+            let Some(read) = self
+                .unless_stopped_offline(&stop, self.read(permits.len(), read_block))
+                .await
+            else {
+                break;
+            };
+            match read {
                 Ok(entries) => {
                     backoff = Duration::from_millis(50);
                     for (entry, permit) in entries.into_iter().zip(permits) {
@@ -210,7 +221,35 @@ impl Consumer {
         }
         keep_alive_stop.cancel();
         let _ = keep_alive.await;
-        self.leave_group().await;
+        if shared::redis::at_shutdown(&self.commands, self.leave_group())
+            .await
+            .is_none()
+        {
+            tracing::warn!(
+                "Redis does not answer; stopping without leaving the consumer group (another proxy removes this consumer once it has been idle for CONSUMER_IDLE_TIMEOUT)"
+            );
+        }
+    }
+
+    /// Runs `call` (a read or a claim) to its end — an answer may deliver entries to this
+    /// consumer, which must then be handled — unless a shutdown comes while Redis is
+    /// unreachable: then no answer can come, and waiting for the command timeout would only
+    /// delay the exit. `None` means: stop now.
+    async fn unless_stopped_offline<T>(
+        &self,
+        stop: &CancellationToken,
+        call: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let offline_stop = async {
+            stop.cancelled().await;
+            while self.commands.is_connected() && self.blocking.is_connected() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            result = call => Some(result),
+            _ = offline_stop => None,
+        }
     }
 
     fn dispatch(&self, terminals: &TaskTracker, work: Work, permit: OwnedSemaphorePermit) {
@@ -356,7 +395,13 @@ async fn keep_alive(
     let every = (min_idle / 3).clamp(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let ids: Vec<String> = terminal.in_flight().iter().cloned().collect();
-        if let Err(err) = reclaimer.heartbeat(ids).await
+        // Abandoning a heartbeat is harmless; waiting for one Redis does not answer would hold
+        // up the shutdown.
+        let beat = tokio::select! {
+            _ = stop.cancelled() => return,
+            beat = reclaimer.heartbeat(ids) => beat,
+        };
+        if let Err(err) = beat
             && let Some(suppressed) = FAILED.check()
         {
             tracing::debug!(error = %err, suppressed, "heartbeat failed (entries in terminals not refreshed)");

@@ -26,6 +26,10 @@ use crate::routes::admin_guard::AdminGuard;
 use crate::routes::status::Identity;
 use crate::routes::{ProxyState, router};
 
+/// How long `build` waits for Redis before it starts anyway (consuming once Redis answers):
+/// short, so a SIGTERM during a Redis outage is obeyed within a second.
+const STARTUP_CONNECT_WAIT: Duration = Duration::from_millis(500);
+
 /// How often the request stream's length, lag and pending count are sampled.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -55,7 +59,7 @@ impl Application {
             reconnect_breaker.reset();
             async { Ok(()) }
         });
-        if wait_connected(&commands, Duration::from_secs(5)).await {
+        if wait_connected(&commands, STARTUP_CONNECT_WAIT).await {
             ensure_group(
                 &commands,
                 &config.redis.request_stream,
@@ -221,8 +225,10 @@ impl Application {
             server.abort();
         }
         background.cancel();
-        let _ = commands.quit().await;
-        let _ = blocking.quit().await;
+        tokio::join!(
+            shared::redis::quit(&commands),
+            shared::redis::quit(&blocking)
+        );
         tracing::info!("proxy stopped");
         Ok(())
     }

@@ -66,6 +66,29 @@ fn report_connection_problems(client: &Client, redis_url: String) {
     });
 }
 
+/// How long a clean-up call at shutdown may take (deleting the reply stream, leaving the group,
+/// QUIT): a service asked to stop must not wait for a Redis that does not answer.
+pub const SHUTDOWN_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs a best-effort clean-up call at shutdown: skipped at once when `client` is not
+/// connected (fred would hold it for a reconnect), and given up after
+/// [`SHUTDOWN_CALL_TIMEOUT`]. `None` when skipped or timed out; the caller logs nothing more,
+/// as what it cleans up expires or is reclaimed anyway.
+pub async fn at_shutdown<T>(
+    client: &Client,
+    call: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    if !client.is_connected() {
+        return None;
+    }
+    tokio::time::timeout(SHUTDOWN_CALL_TIMEOUT, call).await.ok()
+}
+
+/// Closes `client` at shutdown without waiting on a Redis that does not answer.
+pub async fn quit(client: &Client) {
+    let _ = at_shutdown(client, client.quit()).await;
+}
+
 /// Waits up to `timeout` for the client's first connection. Used at start-up only to log
 /// clearly whether Redis answered; the service runs either way.
 pub async fn wait_connected(client: &Client, timeout: Duration) -> bool {
