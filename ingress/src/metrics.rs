@@ -10,6 +10,9 @@ pub const REJECTION_REASONS: &[&str] = &[
     "redis_unavailable",
     "circuit_open",
     "rate_limited",
+    "wait_exceeds_deadline",
+    "no_consumers",
+    "redis_out_of_memory",
 ];
 
 /// Describes the ingress metrics and publishes the counters at zero.
