@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
+use fred::interfaces::StreamsInterface;
 use serde_json::{Value, json};
 use testkit::wait_until;
 
@@ -330,4 +331,37 @@ async fn with_no_proxy_left_requests_get_503_no_consumers_at_once() {
         },
     )
     .await;
+}
+
+/// Before Redis 7.2 a consumer's `idle` restarts only on a read that returns entries, so a
+/// proxy waiting on a quiet stream looks idle for ever. That must not read as "no consumers":
+/// after a quiet spell longer than the liveness window and the grace, requests are served.
+#[tokio::test]
+async fn a_quiet_stream_does_not_make_a_waiting_proxy_count_as_gone() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::start(StackOptions {
+        ingress_env: vec![("NO_CONSUMER_GRACE", "1s".into())],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(status_and_type(&stack, "5s").await.0, 200);
+    let redis = stack.redis_client().await;
+    wait_until(
+        "the proxy to look idle for 5 s in XINFO CONSUMERS",
+        Duration::from_secs(30),
+        || async {
+            let consumers: Vec<HashMap<String, fred::types::Value>> = redis
+                .xinfo_consumers(common::REQUEST_STREAM, common::GROUP)
+                .await
+                .unwrap_or_default();
+            let idle = consumers
+                .iter()
+                .filter_map(|consumer| consumer.get("idle")?.as_u64())
+                .min();
+            idle.is_some_and(|idle| idle > 5_000)
+        },
+    )
+    .await;
+    let (status, kind, _) = status_and_type(&stack, "5s").await;
+    assert_eq!((status, kind.as_str()), (200, "ok"));
 }

@@ -179,19 +179,22 @@ pub async fn group_info(
 }
 
 /// Consumers of `group` whose last read or claim is more recent than `live_idle` (XINFO
-/// CONSUMERS `idle`). A proxy reads at least every second while it has a free terminal and
-/// refreshes its entries at least every second while all are busy, so a live proxy is never
-/// idle for long; a stopped or hung one is.
+/// CONSUMERS `idle`), and all consumers. A proxy with a free terminal takes waiting entries
+/// within a second and refreshes its entries at least every second while all terminals are
+/// busy, so while work waits a live proxy is never idle for long; a stopped or hung one is.
+/// (Before Redis 7.2 `idle` restarts only on a read or claim that returns entries, so with
+/// nothing waiting it says nothing about liveness: see [`sample_once`].)
 pub async fn live_consumers(
     client: &Client,
     stream: &str,
     group: &str,
     live_idle: Duration,
-) -> Result<u64, Error> {
+) -> Result<(u64, u64), Error> {
     let reply: Value = client.xinfo_consumers(stream, group).await?;
     let Value::Array(consumers) = reply else {
-        return Ok(0);
+        return Ok((0, 0));
     };
+    let total = consumers.len() as u64;
     let mut live = 0;
     for consumer in consumers {
         let fields = consumer.into_map()?.inner();
@@ -203,7 +206,7 @@ pub async fn live_consumers(
             live += 1;
         }
     }
-    Ok(live)
+    Ok((live, total))
 }
 
 /// What the sampler watches and how often.
@@ -370,7 +373,12 @@ async fn sample_once(
     };
     if let Some(live_idle) = settings.live_idle {
         match live_consumers(client, stream, group, live_idle).await {
-            Ok(live) => {
+            Ok((live, total)) => {
+                // Nothing waiting: an idle consumer may simply have had nothing to take
+                // (Redis 7.0/7.1 do not refresh `idle` on an empty read), so only a group
+                // without consumers counts as unserved. With work waiting, a consumer that
+                // took nothing for `live_idle` is gone or hung.
+                let live = if sample.lag == 0 { total } else { live };
                 stats.live_consumers.store(live, Ordering::Relaxed);
                 if live > 0 {
                     stats
@@ -415,6 +423,17 @@ impl StreamEntry {
     pub fn text(&self, name: &str) -> Option<&str> {
         self.get(name)
             .and_then(|value| std::str::from_utf8(value).ok())
+    }
+
+    /// The fields by name, values as raw bytes (for decoding the protocol: an `http` entry's
+    /// body and headers may be any bytes). Names that are not UTF-8 are dropped.
+    pub fn fields_by_name(&self) -> crate::protocol::Fields {
+        self.fields
+            .iter()
+            .filter_map(|(key, value)| {
+                Some((std::str::from_utf8(key).ok()?.to_string(), value.clone()))
+            })
+            .collect()
     }
 
     /// The fields whose name and value are UTF-8, by name (for decoding the protocol, whose
