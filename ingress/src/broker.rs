@@ -87,9 +87,12 @@ pub struct Call<'a> {
     pub request_id: &'a str,
     pub queue: &'a Queue,
     pub operation: Operation,
-    pub payload: String,
+    /// JSON for the weather operations; the request body for `http`.
+    pub payload: bytes::Bytes,
     pub timeout: Duration,
     pub traceparent: Option<String>,
+    /// Method, path and headers of a forwarded request.
+    pub http: Option<shared::protocol::HttpRequestHead>,
 }
 
 /// Unique reply tokens for this process: a random prefix drawn at start (so a restarted
@@ -117,7 +120,7 @@ impl Tokens {
 }
 
 /// One request for the enqueue script: its stream, that stream's backlog limit, its fields.
-type NewEntry<'a> = (&'a str, u64, &'a [(&'static str, String)]);
+type NewEntry<'a> = (&'a str, u64, &'a [(&'static str, bytes::Bytes)]);
 
 /// What the enqueue script did with one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +204,7 @@ impl Enqueuer {
             args.push(Value::Integer(fields.len() as i64 * 2));
             for (field, value) in fields.iter() {
                 args.push(Value::from_static_str(field));
-                args.push(Value::from(value.as_str()));
+                args.push(Value::Bytes(value.clone()));
             }
         }
         let reply: Vec<Value> = shared::scripts::eval(
@@ -259,7 +262,7 @@ impl Enqueuer {
         &self,
         stream: &str,
         max_backlog: u64,
-        fields: &[(&'static str, String)],
+        fields: &[(&'static str, bytes::Bytes)],
         timeout: Duration,
     ) -> Result<Enqueued, Error> {
         let result = match self
@@ -431,6 +434,7 @@ impl StreamClient {
             operation: call.operation.as_str().to_string(),
             payload: call.payload,
             traceparent: call.traceparent,
+            http: call.http,
         };
         let fields = entry.to_fields();
         let queue = call.queue;

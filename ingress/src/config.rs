@@ -96,6 +96,17 @@ pub struct IngressConfig {
     #[arg(long, env = "RATE_LIMIT_MAX_KEYS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub rate_limit_max_keys: u32,
 
+    /// Forwarded routes: comma-separated `PREFIX=QUEUE` pairs, e.g. `/api=orders`. Any request
+    /// under a prefix (whole path segments) goes through the stream `<QUEUE>-requests` to a
+    /// proxy started with `QUEUE=<QUEUE>` and `UPSTREAM_URL`. Empty: none.
+    #[arg(long, env = "ROUTES", default_value = "")]
+    pub routes: String,
+
+    /// TOML file of forwarded routes with per-route settings (timeout, max_body_bytes,
+    /// methods, strip_prefix); see docs/forwarding.md. Used together with ROUTES.
+    #[arg(long, env = "ROUTES_FILE")]
+    pub routes_file: Option<std::path::PathBuf>,
+
     /// Comma-separated CIDRs of proxies (load balancers) whose `X-Forwarded-For` names the
     /// client; from any other peer the header is ignored. Empty: trust nobody.
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
@@ -108,6 +119,17 @@ fn parse_header_name(value: &str) -> Result<HeaderName, String> {
 }
 
 impl IngressConfig {
+    /// The forwarded routes of ROUTES_FILE and ROUTES, checked.
+    pub fn forwarded_routes(&self) -> Result<Vec<crate::forwarding::RouteConfig>, String> {
+        let mut routes = match &self.routes_file {
+            Some(path) => crate::forwarding::read_routes_file(path)?,
+            None => Vec::new(),
+        };
+        routes.extend(crate::forwarding::parse_routes_env(&self.routes)?);
+        crate::forwarding::validate(&routes)?;
+        Ok(routes)
+    }
+
     /// The instance id, generated once when not configured.
     pub fn resolved_instance_id(&self) -> String {
         self.instance_id
@@ -118,6 +140,7 @@ impl IngressConfig {
 
 impl CheckSettings for IngressConfig {
     fn check_settings(&self) -> Result<(), String> {
-        self.redis.check_settings()
+        self.redis.check_settings()?;
+        self.forwarded_routes().map(|_| ())
     }
 }

@@ -24,6 +24,8 @@ pub enum ApiError {
     Proxy { code: String, message: String },
     /// A bug on our side (500); never expected.
     Internal(String),
+    /// A problem already worded by the handler (405, 413 on a forwarded route…).
+    Status { problem: Problem },
 }
 
 impl ApiError {
@@ -144,6 +146,19 @@ impl ApiError {
                 "this instance stopped waiting for the reply while shutting down; retry",
             )
             .retry_after(1),
+            ApiError::Proxy { code, message } if code == "upstream_unavailable" => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream-unavailable",
+                "The upstream service could not be reached",
+                format!("{code}: {message}"),
+            ),
+            ApiError::Proxy { code, message } if code == "upstream_response_too_large" => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream-response-too-large",
+                "The upstream's response is too large",
+                format!("{code}: {message}"),
+            ),
+            ApiError::Status { problem } => problem,
             ApiError::Proxy { code, message } => Problem::new(
                 StatusCode::BAD_GATEWAY,
                 "proxy-error",

@@ -253,7 +253,7 @@ pub async fn read_replies(
         backoff = Duration::from_millis(50);
         let read_any = !entries.is_empty();
         for entry in entries {
-            deliver(&pending, entry.text_fields());
+            deliver(&pending, entry.fields_by_name());
             last_id = entry.id;
         }
         if read_any {
@@ -274,13 +274,18 @@ pub async fn read_replies(
     }
 }
 
-fn deliver(pending: &PendingReplies, fields: HashMap<String, String>) {
+fn deliver(pending: &PendingReplies, fields: shared::protocol::Fields) {
     static UNREADABLE: LogLimiter = LogLimiter::new(5);
     if fields.contains_key("created_by") {
         return; // the stream's creation marker, or the keeper's write probe
     }
-    let token = fields.get(reply_fields::TOKEN).cloned();
-    let request_id = fields.get(reply_fields::REQUEST_ID).cloned();
+    let text = |name: &str| {
+        fields
+            .get(name)
+            .map(|value| String::from_utf8_lossy(value).into_owned())
+    };
+    let token = text(reply_fields::TOKEN);
+    let request_id = text(reply_fields::REQUEST_ID);
     let (Some(token), Some(request_id)) = (token, request_id) else {
         // A reply without a token answers a version 1 request, which this ingress never
         // writes: nobody here can be waiting for it.
@@ -352,6 +357,7 @@ mod tests {
             status: ReplyStatus::Ok,
             payload: "{}".into(),
             proxy: "p".into(),
+            http: None,
         }
     }
 

@@ -19,6 +19,7 @@ use crate::admission::Admission;
 use crate::broker::{Enqueuer, Queue, StreamClient};
 use crate::config::IngressConfig;
 use crate::replies::{PendingReplies, create_reply_stream, keep_reply_stream, read_replies};
+use crate::routes::forward::ForwardRoute;
 use crate::routes::rate_limit::RateLimiting;
 use crate::routes::router;
 use crate::state::AppState;
@@ -73,15 +74,18 @@ impl Application {
             async { Ok(()) }
         });
 
+        let routes = config
+            .forwarded_routes()
+            .map_err(|why| anyhow::anyhow!("invalid forwarded routes: {why}"))?;
         let mut first_reply_id = "0-0".to_string();
         if wait_connected(&commands, STARTUP_CONNECT_WAIT).await {
-            ensure_group(
-                &commands,
-                &config.redis.request_stream,
-                &config.redis.consumer_group,
-            )
-            .await
-            .context("cannot create the consumer group")?;
+            let streams = std::iter::once(config.redis.request_stream.clone())
+                .chain(routes.iter().map(|route| route.stream()));
+            for stream in streams {
+                ensure_group(&commands, &stream, &config.redis.consumer_group)
+                    .await
+                    .with_context(|| format!("cannot create the consumer group on {stream}"))?;
+            }
             first_reply_id = create_reply_stream(
                 &commands,
                 &reply_stream,
@@ -192,11 +196,44 @@ impl Application {
         ));
 
         let server_stop = CancellationToken::new();
+        let forwarded = config
+            .forwarded_routes()
+            .map_err(|why| anyhow::anyhow!("invalid forwarded routes: {why}"))?
+            .into_iter()
+            .map(|route| {
+                let stats = spawn_sampler(
+                    commands.clone(),
+                    SamplerSettings {
+                        stream: route.stream(),
+                        group: config.redis.consumer_group.clone(),
+                        also_measure: Vec::new(),
+                        interval: SAMPLE_INTERVAL,
+                        live_idle: Some(CONSUMER_LIVE_IDLE),
+                    },
+                    background.clone(),
+                );
+                tracing::info!(
+                    prefix = route.prefix,
+                    queue = route.queue,
+                    stream = route.stream(),
+                    "forwarding route"
+                );
+                Arc::new(ForwardRoute {
+                    queue: Queue {
+                        stream: route.stream().into(),
+                        max_backlog: config.max_backlog,
+                        stats,
+                    },
+                    config: route,
+                    trusted: config.trusted_proxies.clone(),
+                })
+            })
+            .collect();
         let rate_limits = RateLimiting::from_config(&config);
         let _eviction = rate_limits
             .as_ref()
             .map(|l| l.spawn_eviction(background.clone()));
-        let app = router(state, config.max_body_bytes, rate_limits);
+        let app = router(state, config.max_body_bytes, rate_limits, forwarded);
         let mut server = tokio::spawn(shared::server::serve(
             listener,
             app,

@@ -41,6 +41,22 @@ pub struct ProxyConfig {
     #[arg(long, env = "TERMINALS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub terminals: u32,
 
+    /// The queue this proxy serves: it reads the request stream `<QUEUE>-requests`. Unset, it
+    /// reads REQUEST_STREAM (default `weather-requests`, the weather demo's queue); setting
+    /// both is refused.
+    #[arg(long, env = "QUEUE", value_parser = parse_queue_name, conflicts_with = "request_stream")]
+    pub queue: Option<String>,
+
+    /// Base URL of the upstream service, e.g. `http://127.0.0.1:8080`: each `http` request is
+    /// forwarded there and its response comes back unchanged. Unset, the proxy serves the
+    /// weather demo.
+    #[arg(long, env = "UPSTREAM_URL")]
+    pub upstream_url: Option<String>,
+
+    /// Upstream response bodies larger than this become 502 `upstream-response-too-large`.
+    #[arg(long, env = "UPSTREAM_MAX_RESPONSE_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..=256 * 1024 * 1024))]
+    pub upstream_max_response_bytes: u64,
+
     /// Simulated processing time in ms: a range `100-500`, a single value `250`, or `0`.
     #[arg(long, env = "PROCESSING_DELAY_MS", default_value = "100-500", value_parser = DelayRange::parse)]
     pub processing_delay_ms: DelayRange,
@@ -102,7 +118,21 @@ pub enum Switch {
     Off,
 }
 
+/// A queue name: 1-64 characters of `[A-Za-z0-9._-]`, so `<queue>-requests` is a tidy Redis
+/// key and a bounded metric label.
+pub fn parse_queue_name(value: &str) -> Result<String, String> {
+    shared::protocol::validate_queue_name(value).map(|()| value.to_string())
+}
+
 impl ProxyConfig {
+    /// The request stream this proxy reads: `<QUEUE>-requests`, else REQUEST_STREAM.
+    pub fn request_stream(&self) -> String {
+        match &self.queue {
+            Some(queue) => shared::protocol::queue_stream(queue),
+            None => self.redis.request_stream.clone(),
+        }
+    }
+
     /// The dead-letter stream's key.
     pub fn dead_letter_stream(&self) -> String {
         self.dead_letter_stream

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::dead_letter::{DeadLetters, Failure};
 use crate::faults::{FailureInjection, Fault};
-use crate::processor::Processor;
+use crate::handler::{Handler, HandlerError, Request, Response};
 use crate::reclaim::Reclaimer;
 use crate::reply::{Delivery, ReplyQueue, Responder};
 
@@ -53,7 +53,8 @@ pub struct RecoverySettings {
 
 /// Everything a terminal needs; shared by all of them.
 pub struct Terminal {
-    pub processor: Processor,
+    /// What each request is handed to: the weather demo, the forwarder or a user's own.
+    pub handler: Arc<dyn Handler>,
     /// Acknowledges entries dropped unprocessed; the dead-letter path writes through it.
     pub responder: Responder,
     /// Where terminals hand their replies (batched reply + acknowledge).
@@ -438,7 +439,7 @@ impl Terminal {
     /// Returns (operation, outcome) labels, or `None` when the entry was left pending.
     async fn handle_inner(&self, work: Work) -> Option<(String, &'static str)> {
         let Work { entry, deliveries } = work;
-        let request = match RequestEntry::from_fields(entry.text_fields()) {
+        let request = match RequestEntry::from_fields(entry.fields_by_name()) {
             Ok(request) => request,
             Err(err) => {
                 let failure = Failure {
@@ -480,7 +481,7 @@ impl Terminal {
                 if let Some(delay) = delay {
                     tokio::time::sleep(delay).await;
                 }
-                self.process(request_ref).await
+                self.process(request_ref, deliveries, deadline).await
             })
         };
         let result = match self.faults.draw() {
@@ -490,16 +491,16 @@ impl Terminal {
                 });
                 return None;
             }
-            Some(Fault::ProcessingError) => Ok(Err((
-                "injected_failure",
-                "failure injection: processing error".to_string(),
-            ))),
+            Some(Fault::ProcessingError) => Ok(Err(HandlerError::Failed {
+                code: "injected_failure",
+                message: "failure injection: processing error".to_string(),
+            })),
             Some(Fault::ResponseTimeout) => {
                 tokio::time::sleep_until(deadline + Duration::from_millis(10)).await;
-                Ok(Err((
-                    "backend_timeout",
-                    "failure injection: the backend did not answer in time".to_string(),
-                )))
+                Ok(Err(HandlerError::Failed {
+                    code: "backend_timeout",
+                    message: "failure injection: the backend did not answer in time".to_string(),
+                }))
             }
             Some(Fault::SlowResponse(delay)) => processed(Some(delay)).await,
             None => processed(None).await,
@@ -518,17 +519,18 @@ impl Terminal {
             .record(started.elapsed().as_secs_f64());
 
         let (reply, outcome) = match result {
-            Ok(payload) => (
+            Ok(Response { payload, http }) => (
                 ReplyEntry {
                     request_id: request.request_id.clone(),
                     token: request.token.clone(),
                     status: ReplyStatus::Ok,
                     payload,
                     proxy: self.consumer_name.clone(),
+                    http,
                 },
                 "ok",
             ),
-            Err(("invalid_request" | "unknown_operation", message)) => {
+            Err(HandlerError::Invalid { message, .. }) => {
                 let failure = Failure {
                     reason: "invalid_payload",
                     error: message,
@@ -537,7 +539,7 @@ impl Terminal {
                 };
                 return self.dead_letter(&entry, failure, request.operation).await;
             }
-            Err((code, message)) => {
+            Err(HandlerError::Failed { code, message }) => {
                 static FAILED: LogLimiter = LogLimiter::new(5);
                 if let Some(suppressed) = FAILED.check() {
                     span.in_scope(|| {
@@ -552,8 +554,9 @@ impl Terminal {
                             code: code.to_string(),
                             message,
                         },
-                        payload: String::new(),
+                        payload: Default::default(),
                         proxy: self.consumer_name.clone(),
+                        http: None,
                     },
                     "error",
                 )
@@ -600,11 +603,19 @@ impl Terminal {
         Some((request.operation, outcome))
     }
 
-    async fn process(&self, request: &RequestEntry) -> Result<String, (&'static str, String)> {
-        self.processor
-            .process(&request.request_id, &request.operation, &request.payload)
+    async fn process(
+        &self,
+        entry: &RequestEntry,
+        deliveries: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response, HandlerError> {
+        self.handler
+            .handle(Request {
+                entry,
+                deliveries,
+                deadline,
+            })
             .await
-            .map_err(|err| (err.code, err.message))
     }
 
     async fn dead_letter(

@@ -185,8 +185,9 @@ impl DeadLetters {
                         failure.reason, failure.error, self.dlq
                     ),
                 },
-                payload: String::new(),
+                payload: Default::default(),
                 proxy: failure.consumer.to_string(),
+                http: None,
             };
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
             if let Err(err) = responder.send(reply_to, &reply, deadline).await {

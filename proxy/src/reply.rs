@@ -123,7 +123,7 @@ impl Responder {
             args.push(Value::from(reply.fields.len() as i64 * 2));
             for (field, value) in &reply.fields {
                 args.push(Value::from_static_str(field));
-                args.push(Value::from(value.as_str()));
+                args.push(Value::Bytes(value.clone()));
             }
             deadline = deadline.max(reply.deadline);
         }
@@ -196,7 +196,7 @@ fn delivery_of(result: Value) -> Result<Delivery, Error> {
 struct PendingReply {
     reply_to: String,
     entry_id: String,
-    fields: Vec<(&'static str, String)>,
+    fields: Vec<(&'static str, bytes::Bytes)>,
     deadline: Instant,
 }
 

@@ -19,12 +19,14 @@ use crate::config::{ProxyConfig, Switch};
 use crate::consumer::{Consumer, RecoverySettings, Terminal, TerminalStats};
 use crate::dead_letter::DeadLetters;
 use crate::faults::FailureInjection;
-use crate::processor::Processor;
+use crate::forward::Forwarder;
+use crate::handler::Handler;
 use crate::reclaim::Reclaimer;
 use crate::reply::{ReplyQueue, Responder};
 use crate::routes::admin_guard::AdminGuard;
 use crate::routes::status::Identity;
 use crate::routes::{ProxyState, router};
+use crate::weather::Weather;
 
 /// How long `build` waits for Redis before it starts anyway (consuming once Redis answers):
 /// short, so a SIGTERM during a Redis outage is obeyed within a second.
@@ -41,11 +43,30 @@ pub struct Application {
     blocking: Client,
     consumer_name: String,
     breaker: Arc<CircuitBreaker>,
+    handler: Arc<dyn Handler>,
 }
 
 impl Application {
     /// Binds the listener and starts connecting to Redis (an unreachable Redis is waited out).
+    /// The handler is the forwarder with UPSTREAM_URL, else the weather demo.
     pub async fn build(config: ProxyConfig) -> anyhow::Result<Self> {
+        let handler: Arc<dyn Handler> = match &config.upstream_url {
+            Some(url) => Arc::new(
+                Forwarder::new(url, config.upstream_max_response_bytes as usize)
+                    .context("invalid UPSTREAM_URL")?,
+            ),
+            None => Arc::new(Weather::new(config.processing_delay_ms)),
+        };
+        Self::build_with_handler(config, handler).await
+    }
+
+    /// Like [`Application::build`], with a handler of your own: everything else (reading,
+    /// deadlines, replies, reclaim, dead letters, shutdown) stays the proxy's.
+    pub async fn build_with_handler(
+        mut config: ProxyConfig,
+        handler: Arc<dyn Handler>,
+    ) -> anyhow::Result<Self> {
+        config.redis.request_stream = config.request_stream();
         crate::metrics::register();
         let listener = TcpListener::bind(config.listen_addr)
             .await
@@ -81,6 +102,7 @@ impl Application {
             blocking,
             consumer_name,
             breaker,
+            handler,
         })
     }
 
@@ -99,6 +121,7 @@ impl Application {
             blocking,
             consumer_name,
             breaker,
+            handler,
         } = self;
         let stream = config.redis.request_stream.clone();
         let group = config.redis.consumer_group.clone();
@@ -134,7 +157,7 @@ impl Application {
             memory.clone(),
         );
         let terminal = Terminal {
-            processor: Processor::new(config.processing_delay_ms),
+            handler: handler.clone(),
             responder: responder.clone(),
             replies: ReplyQueue::start(responder),
             dead_letters: dead_letters.clone(),
@@ -193,6 +216,8 @@ impl Application {
             listen_addr = %config.listen_addr,
             consumer = consumer_name,
             terminals = config.terminals,
+            handler = handler.name(),
+            upstream = config.upstream_url.as_deref().unwrap_or("-"),
             processing_delay_ms = %config.processing_delay_ms,
             request_stream = stream,
             group,

@@ -1,5 +1,5 @@
-//! What a terminal does with a request: the seed's weather "backend", with a configurable
-//! simulated processing time. The only file to replace to put a real backend behind the broker.
+//! The seed's weather "backend", with a configurable simulated processing time: the default
+//! [`Handler`] (without `UPSTREAM_URL`).
 
 use std::time::{Duration, SystemTime};
 
@@ -8,6 +8,7 @@ use shared::protocol::Operation;
 use shared::weather::{CityForecast, CityForecastRequest, DailyForecast};
 
 use crate::config::DelayRange;
+use crate::handler::{BoxFuture, Handler, HandlerError, Request, Response};
 
 /// Sky conditions a forecast can have.
 const CONDITIONS: &[&str] = &[
@@ -35,7 +36,7 @@ const SUMMARIES: &[&str] = &[
     "Scorching",
 ];
 
-/// A request the processor could not handle; becomes an error reply (HTTP 502 at the ingress).
+/// A request the weather handler could not handle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessError {
     /// Machine-readable kind, e.g. `invalid_request`.
@@ -46,14 +47,41 @@ pub struct ProcessError {
 
 /// Produces forecasts.
 #[derive(Debug, Clone)]
-pub struct Processor {
+pub struct Weather {
     delay: DelayRange,
 }
 
-impl Processor {
-    /// A processor that takes `delay` per request (simulated backend latency).
+impl Handler for Weather {
+    fn name(&self) -> &'static str {
+        "weather"
+    }
+
+    fn handle<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, Result<Response, HandlerError>> {
+        Box::pin(async move {
+            let entry = request.entry;
+            match self
+                .process(&entry.request_id, &entry.operation, &entry.payload)
+                .await
+            {
+                Ok(json) => Ok(Response {
+                    payload: json.into(),
+                    http: None,
+                }),
+                // Neither can succeed on another attempt: dead-lettered.
+                Err(ProcessError {
+                    code: code @ ("invalid_request" | "unknown_operation"),
+                    message,
+                }) => Err(HandlerError::Invalid { code, message }),
+                Err(ProcessError { code, message }) => Err(HandlerError::Failed { code, message }),
+            }
+        })
+    }
+}
+
+impl Weather {
+    /// A weather handler that takes `delay` per request (simulated backend latency).
     pub fn new(delay: DelayRange) -> Self {
-        Processor { delay }
+        Weather { delay }
     }
 
     /// Runs `operation` on `payload` for `request_id`; returns the JSON reply payload.
@@ -61,7 +89,7 @@ impl Processor {
         &self,
         request_id: &str,
         operation: &str,
-        payload: &str,
+        payload: &[u8],
     ) -> Result<String, ProcessError> {
         let Some(operation) = Operation::parse(operation) else {
             return Err(ProcessError {
@@ -69,11 +97,14 @@ impl Processor {
                 message: format!("this proxy does not know the operation `{operation}`"),
             });
         };
+        if operation == Operation::Http {
+            return Err(not_forwarding());
+        }
         self.simulate_work().await;
         let json = match operation {
             Operation::CityForecast => {
                 let request: CityForecastRequest =
-                    serde_json::from_str(payload).map_err(|e| ProcessError {
+                    serde_json::from_slice(payload).map_err(|e| ProcessError {
                         code: "invalid_request",
                         message: format!("payload is not a city forecast request: {e}"),
                     })?;
@@ -84,6 +115,7 @@ impl Processor {
                 serde_json::to_string(&city_forecast(request_id, request))
             }
             Operation::SampleForecast => serde_json::to_string(&sample_forecast()),
+            Operation::Http => return Err(not_forwarding()),
         };
         json.map_err(|e| ProcessError {
             code: "internal",
@@ -97,6 +129,14 @@ impl Processor {
         }
         let ms = rand::rng().random_range(self.delay.min_ms..=self.delay.max_ms);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// An `http` entry reached a proxy that serves the weather demo.
+fn not_forwarding() -> ProcessError {
+    ProcessError {
+        code: "unknown_operation",
+        message: "this proxy serves the weather demo; start it with UPSTREAM_URL to forward `http` requests".into(),
     }
 }
 
@@ -134,8 +174,8 @@ fn sample_forecast() -> Vec<DailyForecast> {
 mod tests {
     use super::*;
 
-    fn instant() -> Processor {
-        Processor::new(DelayRange {
+    fn instant() -> Weather {
+        Weather::new(DelayRange {
             min_ms: 0,
             max_ms: 0,
         })
@@ -147,7 +187,7 @@ mod tests {
             .process(
                 "r1",
                 "weather.city",
-                r#"{"city":"Paris","location":"Montmartre"}"#,
+                br#"{"city":"Paris","location":"Montmartre"}"#,
             )
             .await;
         let Ok(json) = result else {
@@ -164,7 +204,7 @@ mod tests {
 
     #[tokio::test]
     async fn sample_has_five_consecutive_days() -> Result<(), serde_json::Error> {
-        let result = instant().process("r2", "weather.sample", "{}").await;
+        let result = instant().process("r2", "weather.sample", b"{}").await;
         let Ok(json) = result else {
             panic!("no sample: {result:?}");
         };
@@ -178,21 +218,24 @@ mod tests {
     async fn bad_payloads_and_operations_are_errors_not_panics() {
         let p = instant();
         assert_eq!(
-            p.process("r", "weather.city", "not json")
+            p.process("r", "weather.city", b"not json")
                 .await
                 .unwrap_err()
                 .code,
             "invalid_request"
         );
         assert_eq!(
-            p.process("r", "weather.city", r#"{"city":""}"#)
+            p.process("r", "weather.city", br#"{"city":""}"#)
                 .await
                 .unwrap_err()
                 .code,
             "invalid_request"
         );
         assert_eq!(
-            p.process("r", "weather.nope", "{}").await.unwrap_err().code,
+            p.process("r", "weather.nope", b"{}")
+                .await
+                .unwrap_err()
+                .code,
             "unknown_operation"
         );
     }

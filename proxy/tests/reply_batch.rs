@@ -22,8 +22,9 @@ fn reply(request_id: &str) -> ReplyEntry {
         request_id: request_id.to_string(),
         token: Some(format!("t-{request_id}")),
         status: ReplyStatus::Ok,
-        payload: format!("{{\"n\":\"{request_id}\"}}"),
+        payload: format!("{{\"n\":\"{request_id}\"}}").into(),
         proxy: "test-proxy".to_string(),
+        http: None,
     }
 }
 

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+
 /// Protocol version written into every request entry. Version 2 added the per-attempt reply
 /// `token`. Readers refuse (dead-letter) a version they do not know, so a future version can be
 /// rolled out safely: upgrade the proxies first, then the ingresses.
@@ -26,6 +28,12 @@ pub mod request_fields {
     /// The attempt's reply token (version 2): echoed in the reply, so a reply completes only
     /// the attempt that caused it, never a later request that reuses the id.
     pub const TOKEN: &str = "token";
+    /// Operation `http` only: the HTTP method, e.g. `GET`.
+    pub const METHOD: &str = "method";
+    /// Operation `http` only: the path and query for the upstream, e.g. `/orders/7?full=1`.
+    pub const PATH: &str = "path";
+    /// Operation `http` only: the request headers as a header block (see [`super::encode_headers`]).
+    pub const HEADERS: &str = "headers";
 }
 
 /// Field names of a reply entry.
@@ -38,6 +46,10 @@ pub mod reply_fields {
     pub const PROXY: &str = "proxy";
     /// The request's reply token, echoed (absent when the request had none: version 1).
     pub const TOKEN: &str = "token";
+    /// Operation `http`, status `ok` only: the upstream's HTTP status code.
+    pub const HTTP_STATUS: &str = "http_status";
+    /// Operation `http`, status `ok` only: the upstream's response headers as a header block.
+    pub const HEADERS: &str = "headers";
 }
 
 /// The operations the proxy knows. Carried as a string so unknown ones can be answered with a
@@ -48,6 +60,9 @@ pub enum Operation {
     CityForecast,
     /// `GET /WeatherForecast`: the five-day sample.
     SampleForecast,
+    /// Any HTTP request under a forwarded route: method, path, headers and body go to the
+    /// proxy's upstream and its response comes back unchanged.
+    Http,
 }
 
 impl Operation {
@@ -56,6 +71,7 @@ impl Operation {
         match self {
             Operation::CityForecast => "weather.city",
             Operation::SampleForecast => "weather.sample",
+            Operation::Http => "http",
         }
     }
 
@@ -64,6 +80,7 @@ impl Operation {
         match name {
             "weather.city" => Some(Operation::CityForecast),
             "weather.sample" => Some(Operation::SampleForecast),
+            "http" => Some(Operation::Http),
             _ => None,
         }
     }
@@ -83,10 +100,113 @@ pub struct RequestEntry {
     pub deadline_ms: u64,
     /// Operation name, see [`Operation`].
     pub operation: String,
-    /// JSON payload of the operation.
-    pub payload: String,
+    /// Payload of the operation: JSON for the weather operations, the raw request body
+    /// (any bytes) for `http`.
+    pub payload: Bytes,
     /// W3C trace context of the HTTP request, when the caller sent one.
     pub traceparent: Option<String>,
+    /// Method, path and headers of an `http` request; `None` for other operations.
+    pub http: Option<HttpRequestHead>,
+}
+
+/// What an `http` request entry carries beside its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequestHead {
+    /// The method, e.g. `POST`.
+    pub method: String,
+    /// Path and query for the upstream, starting with `/`.
+    pub path: String,
+    /// End-to-end headers, in order; a name may repeat. Values are bytes: HTTP allows
+    /// non-UTF-8 (obs-text) values and they must arrive unchanged.
+    pub headers: Vec<(String, Bytes)>,
+}
+
+/// What an `http` reply carries beside its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponseHead {
+    /// The upstream's status code (100..=999).
+    pub status: u16,
+    /// The upstream's end-to-end headers, in order.
+    pub headers: Vec<(String, Bytes)>,
+}
+
+/// Encodes headers as a header block: one `name: value\r\n` line per header, the HTTP/1.1
+/// layout, so any language can split it. Values cannot contain CR or LF (HTTP forbids them),
+/// so the block is unambiguous; names are lower-cased tokens.
+pub fn encode_headers(headers: &[(String, Bytes)]) -> Bytes {
+    let mut block = Vec::with_capacity(headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum());
+    for (name, value) in headers {
+        block.extend_from_slice(name.as_bytes());
+        block.extend_from_slice(b": ");
+        block.extend_from_slice(value);
+        block.extend_from_slice(b"\r\n");
+    }
+    Bytes::from(block)
+}
+
+/// Decodes a header block written by [`encode_headers`] (or by a worker in another language):
+/// every line `name: value` ended by CRLF, the name a non-empty HTTP token; one optional space
+/// after the colon is dropped.
+pub fn decode_headers(block: &[u8]) -> Result<Vec<(String, Bytes)>, String> {
+    let mut headers = Vec::new();
+    let mut rest = block;
+    while !rest.is_empty() {
+        let end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("a header line does not end with CRLF")?;
+        let line = &rest[..end];
+        rest = &rest[end + 2..];
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or("a header line has no colon")?;
+        let name = &line[..colon];
+        if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+            return Err(format!(
+                "`{}` is not a header name",
+                String::from_utf8_lossy(name)
+            ));
+        }
+        let mut value = &line[colon + 1..];
+        if value.first() == Some(&b' ') {
+            value = &value[1..];
+        }
+        if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err("a header value contains CR, LF or NUL".into());
+        }
+        headers.push((
+            String::from_utf8_lossy(name).to_ascii_lowercase(),
+            Bytes::copy_from_slice(value),
+        ));
+    }
+    Ok(headers)
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The fields of a stream entry by name, values as bytes (names that are not UTF-8 are
+/// dropped: the protocol has none).
+pub type Fields = HashMap<String, Bytes>;
+
+/// Takes field `name` as UTF-8 text.
+fn take_text(fields: &mut Fields, name: &'static str) -> Result<String, DecodeError> {
+    let value = fields.remove(name).ok_or(DecodeError::Missing(name))?;
+    String::from_utf8(value.to_vec()).map_err(|_| DecodeError::Invalid(name, "not UTF-8".into()))
+}
+
+/// Takes optional field `name` as UTF-8 text.
+fn take_optional_text(
+    fields: &mut Fields,
+    name: &'static str,
+) -> Result<Option<String>, DecodeError> {
+    match fields.contains_key(name) {
+        true => take_text(fields, name).map(Some),
+        false => Ok(None),
+    }
 }
 
 /// Why a stream entry could not be read as a request.
@@ -125,6 +245,28 @@ pub fn token_prefix() -> String {
     random[..16].to_string()
 }
 
+/// The request stream of a queue: `<queue>-requests` (the weather demo's queue `weather`
+/// gives the seed's `weather-requests`).
+pub fn queue_stream(queue: &str) -> String {
+    format!("{queue}-requests")
+}
+
+/// The queue name rule: 1-64 characters of `[A-Za-z0-9._-]`, so the stream name is a tidy
+/// Redis key and the queue a bounded metric label.
+pub fn validate_queue_name(queue: &str) -> Result<(), String> {
+    if queue.is_empty()
+        || queue.len() > 64
+        || !queue
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "`{queue}` is not a queue name: use 1 to 64 characters of letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
 /// Longest request id accepted.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -148,53 +290,86 @@ pub fn validate_request_id(id: &str) -> Result<(), String> {
 
 impl RequestEntry {
     /// The field/value pairs for XADD, in a stable order.
-    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+    pub fn to_fields(&self) -> Vec<(&'static str, Bytes)> {
         use request_fields::*;
         let version = if self.token.is_some() {
             PROTOCOL_VERSION
         } else {
             "1"
         };
+        let text = |value: &str| Bytes::copy_from_slice(value.as_bytes());
         let mut fields = vec![
-            (VERSION, version.to_string()),
-            (REQUEST_ID, self.request_id.clone()),
-            (REPLY_TO, self.reply_to.clone()),
-            (DEADLINE_MS, self.deadline_ms.to_string()),
-            (OPERATION, self.operation.clone()),
+            (VERSION, Bytes::from_static(version.as_bytes())),
+            (REQUEST_ID, text(&self.request_id)),
+            (REPLY_TO, text(&self.reply_to)),
+            (DEADLINE_MS, Bytes::from(self.deadline_ms.to_string())),
+            (OPERATION, text(&self.operation)),
             (PAYLOAD, self.payload.clone()),
         ];
         if let Some(token) = &self.token {
-            fields.push((TOKEN, token.clone()));
+            fields.push((TOKEN, text(token)));
         }
         if let Some(traceparent) = &self.traceparent {
-            fields.push((TRACEPARENT, traceparent.clone()));
+            fields.push((TRACEPARENT, text(traceparent)));
+        }
+        if let Some(http) = &self.http {
+            fields.push((METHOD, text(&http.method)));
+            fields.push((PATH, text(&http.path)));
+            fields.push((HEADERS, encode_headers(&http.headers)));
         }
         fields
     }
 
     /// Reads a request from the fields of a stream entry: checks the version first, then the
     /// fields that version requires, and the request id rule.
-    pub fn from_fields(mut fields: HashMap<String, String>) -> Result<Self, DecodeError> {
+    pub fn from_fields(mut fields: Fields) -> Result<Self, DecodeError> {
         use request_fields::*;
-        let version = fields.remove(VERSION).unwrap_or_default();
+        let version = fields
+            .remove(VERSION)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default();
         if !SUPPORTED_VERSIONS.contains(&version.as_str()) {
             return Err(DecodeError::UnsupportedVersion(version));
         }
-        let mut take = |name: &'static str| fields.remove(name).ok_or(DecodeError::Missing(name));
-        let request_id = take(REQUEST_ID)?;
+        let request_id = take_text(&mut fields, REQUEST_ID)?;
         validate_request_id(&request_id).map_err(|why| DecodeError::Invalid(REQUEST_ID, why))?;
         let token = if version == "1" {
             None
         } else {
-            Some(take(TOKEN)?)
+            Some(take_text(&mut fields, TOKEN)?)
         };
-        let reply_to = take(REPLY_TO)?;
-        let deadline_ms = take(DEADLINE_MS)?
+        let reply_to = take_text(&mut fields, REPLY_TO)?;
+        let deadline_ms = take_text(&mut fields, DEADLINE_MS)?
             .parse::<u64>()
             .map_err(|e| DecodeError::Invalid(DEADLINE_MS, e.to_string()))?;
-        let operation = take(OPERATION)?;
-        let payload = take(PAYLOAD)?;
-        let traceparent = fields.remove(TRACEPARENT);
+        let operation = take_text(&mut fields, OPERATION)?;
+        let payload = fields
+            .remove(PAYLOAD)
+            .ok_or(DecodeError::Missing(PAYLOAD))?;
+        let traceparent = take_optional_text(&mut fields, TRACEPARENT)?;
+        let http = if operation == Operation::Http.as_str() {
+            let method = take_text(&mut fields, METHOD)?;
+            if method.is_empty() || !method.bytes().all(is_token_byte) {
+                return Err(DecodeError::Invalid(
+                    METHOD,
+                    format!("`{method}` is not an HTTP method"),
+                ));
+            }
+            let path = take_text(&mut fields, PATH)?;
+            if !path.starts_with('/') {
+                return Err(DecodeError::Invalid(PATH, "must start with `/`".into()));
+            }
+            let block = fields.remove(HEADERS).unwrap_or_default();
+            let headers =
+                decode_headers(&block).map_err(|why| DecodeError::Invalid(HEADERS, why))?;
+            Some(HttpRequestHead {
+                method,
+                path,
+                headers,
+            })
+        } else {
+            None
+        };
         Ok(RequestEntry {
             request_id,
             token,
@@ -203,6 +378,7 @@ impl RequestEntry {
             operation,
             payload,
             traceparent,
+            http,
         })
     }
 
@@ -230,59 +406,80 @@ pub struct ReplyEntry {
     pub token: Option<String>,
     /// Success or failure.
     pub status: ReplyStatus,
-    /// JSON result on success, empty on error.
-    pub payload: String,
+    /// The result on success (JSON for the weather operations, the upstream's body for
+    /// `http`), empty on error.
+    pub payload: Bytes,
     /// Consumer name of the proxy that answered, for tracing a reply back.
     pub proxy: String,
+    /// Status and headers of an `http` reply with status `ok`; `None` otherwise.
+    pub http: Option<HttpResponseHead>,
 }
 
 impl ReplyEntry {
     /// The field/value pairs for XADD.
-    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+    pub fn to_fields(&self) -> Vec<(&'static str, Bytes)> {
         use reply_fields::*;
-        let mut fields = vec![(REQUEST_ID, self.request_id.clone())];
+        let text = |value: &str| Bytes::copy_from_slice(value.as_bytes());
+        let mut fields = vec![(REQUEST_ID, text(&self.request_id))];
         if let Some(token) = &self.token {
-            fields.push((TOKEN, token.clone()));
+            fields.push((TOKEN, text(token)));
         }
         match &self.status {
             ReplyStatus::Ok => {
-                fields.push((STATUS, "ok".into()));
+                fields.push((STATUS, Bytes::from_static(b"ok")));
                 fields.push((PAYLOAD, self.payload.clone()));
+                if let Some(http) = &self.http {
+                    fields.push((HTTP_STATUS, Bytes::from(http.status.to_string())));
+                    fields.push((HEADERS, encode_headers(&http.headers)));
+                }
             }
             ReplyStatus::Error { code, message } => {
-                fields.push((STATUS, "error".into()));
-                fields.push((ERROR_CODE, code.clone()));
-                fields.push((ERROR, message.clone()));
+                fields.push((STATUS, Bytes::from_static(b"error")));
+                fields.push((ERROR_CODE, text(code)));
+                fields.push((ERROR, text(message)));
             }
         }
-        fields.push((PROXY, self.proxy.clone()));
+        fields.push((PROXY, text(&self.proxy)));
         fields
     }
 
     /// Reads a reply from the fields of a stream entry.
-    pub fn from_fields(mut fields: HashMap<String, String>) -> Result<Self, DecodeError> {
+    pub fn from_fields(mut fields: Fields) -> Result<Self, DecodeError> {
         use reply_fields::*;
-        let request_id = fields
-            .remove(REQUEST_ID)
-            .ok_or(DecodeError::Missing(REQUEST_ID))?;
-        let token = fields.remove(TOKEN);
-        let status = match fields.remove(STATUS).as_deref() {
-            Some("ok") => ReplyStatus::Ok,
-            Some("error") => ReplyStatus::Error {
-                code: fields
-                    .remove(ERROR_CODE)
+        let request_id = take_text(&mut fields, REQUEST_ID)?;
+        let token = take_optional_text(&mut fields, TOKEN)?;
+        let status = match take_text(&mut fields, STATUS)?.as_str() {
+            "ok" => ReplyStatus::Ok,
+            "error" => ReplyStatus::Error {
+                code: take_optional_text(&mut fields, ERROR_CODE)?
                     .unwrap_or_else(|| "unknown".into()),
-                message: fields.remove(ERROR).unwrap_or_default(),
+                message: take_optional_text(&mut fields, ERROR)?.unwrap_or_default(),
             },
-            Some(other) => return Err(DecodeError::Invalid(STATUS, other.to_string())),
-            None => return Err(DecodeError::Missing(STATUS)),
+            other => return Err(DecodeError::Invalid(STATUS, other.to_string())),
+        };
+        let http = match take_optional_text(&mut fields, HTTP_STATUS)? {
+            Some(code) => {
+                let status = code
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|s| (100..=999).contains(s))
+                    .ok_or_else(|| {
+                        DecodeError::Invalid(HTTP_STATUS, format!("`{code}` is not an HTTP status"))
+                    })?;
+                let block = fields.remove(HEADERS).unwrap_or_default();
+                let headers =
+                    decode_headers(&block).map_err(|why| DecodeError::Invalid(HEADERS, why))?;
+                Some(HttpResponseHead { status, headers })
+            }
+            None => None,
         };
         Ok(ReplyEntry {
             request_id,
             token,
             status,
             payload: fields.remove(PAYLOAD).unwrap_or_default(),
-            proxy: fields.remove(PROXY).unwrap_or_default(),
+            proxy: take_optional_text(&mut fields, PROXY)?.unwrap_or_default(),
+            http,
         })
     }
 }
@@ -298,10 +495,17 @@ pub fn unix_ms(time: SystemTime) -> u64 {
 mod tests {
     use super::*;
 
-    fn to_map(fields: Vec<(&'static str, String)>) -> HashMap<String, String> {
+    fn to_map(fields: Vec<(&'static str, Bytes)>) -> Fields {
         fields
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+
+    fn text_map(fields: Vec<(&'static str, &str)>) -> Fields {
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v.as_bytes())))
             .collect()
     }
 
@@ -315,6 +519,7 @@ mod tests {
             operation: Operation::CityForecast.as_str().into(),
             payload: r#"{"city":"Paris"}"#.into(),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            http: None,
         };
         assert_eq!(
             RequestEntry::from_fields(to_map(request.to_fields())),
@@ -324,12 +529,8 @@ mod tests {
 
     #[test]
     fn request_without_deadline_is_rejected_with_the_field_name() {
-        let mut fields = to_map(vec![
-            ("v", "1".into()),
-            ("id", "x".into()),
-            ("reply_to", "r".into()),
-        ]);
-        fields.insert("deadline_ms".into(), "soon".into());
+        let mut fields = text_map(vec![("v", "1"), ("id", "x"), ("reply_to", "r")]);
+        fields.insert("deadline_ms".into(), Bytes::from_static(b"soon"));
         let err = RequestEntry::from_fields(fields).unwrap_err();
         assert!(
             matches!(err, DecodeError::Invalid("deadline_ms", _)),
@@ -346,8 +547,9 @@ mod tests {
                 code: "invalid_request".into(),
                 message: "city is required".into(),
             },
-            payload: String::new(),
+            payload: Bytes::new(),
             proxy: "p1".into(),
+            http: None,
         };
         assert_eq!(
             ReplyEntry::from_fields(to_map(reply.to_fields())),
@@ -363,20 +565,21 @@ mod tests {
             reply_to: "r".into(),
             deadline_ms: 1_000,
             operation: "weather.city".into(),
-            payload: "{}".into(),
+            payload: Bytes::from_static(b"{}"),
             traceparent: None,
+            http: None,
         };
         assert_eq!(request.time_left(SystemTime::now()), Duration::ZERO);
     }
 
-    fn v1_request() -> HashMap<String, String> {
-        to_map(vec![
-            ("v", "1".into()),
-            ("id", "old-1".into()),
-            ("reply_to", "r".into()),
-            ("deadline_ms", "1700000000000".into()),
-            ("op", "weather.sample".into()),
-            ("payload", "{}".into()),
+    fn v1_request() -> Fields {
+        text_map(vec![
+            ("v", "1"),
+            ("id", "old-1"),
+            ("reply_to", "r"),
+            ("deadline_ms", "1700000000000"),
+            ("op", "weather.sample"),
+            ("payload", "{}"),
         ])
     }
 
@@ -391,7 +594,7 @@ mod tests {
         for version in [Some("3"), Some(""), None] {
             let mut fields = v1_request();
             match version {
-                Some(v) => fields.insert("v".into(), v.into()),
+                Some(v) => fields.insert("v".into(), Bytes::copy_from_slice(v.as_bytes())),
                 None => fields.remove("v"),
             };
             let err = RequestEntry::from_fields(fields).unwrap_err();
@@ -402,7 +605,7 @@ mod tests {
     #[test]
     fn version_2_requires_a_token() {
         let mut fields = v1_request();
-        fields.insert("v".into(), "2".into());
+        fields.insert("v".into(), Bytes::from_static(b"2"));
         assert_eq!(
             RequestEntry::from_fields(fields),
             Err(DecodeError::Missing("token"))
@@ -413,9 +616,79 @@ mod tests {
     fn ids_the_ingress_would_refuse_are_refused() {
         for id in ["has space", &"a".repeat(200), ""] {
             let mut fields = v1_request();
-            fields.insert("id".into(), id.into());
+            fields.insert("id".into(), Bytes::copy_from_slice(id.as_bytes()));
             let err = RequestEntry::from_fields(fields).unwrap_err();
             assert!(matches!(err, DecodeError::Invalid("id", _)), "{id}: {err}");
+        }
+    }
+
+    fn http_request() -> RequestEntry {
+        RequestEntry {
+            request_id: "h-1".into(),
+            token: Some("t-1".into()),
+            reply_to: "r".into(),
+            deadline_ms: 1_700_000_000_000,
+            operation: Operation::Http.as_str().into(),
+            payload: Bytes::from_static(&[0, 159, 146, 150, 255, b'\r', b'\n']),
+            traceparent: None,
+            http: Some(HttpRequestHead {
+                method: "PATCH".into(),
+                path: "/orders/7?x=1&y=%C3%A9".into(),
+                headers: vec![
+                    ("accept".into(), Bytes::from_static(b"a/b")),
+                    ("x-multi".into(), Bytes::from_static(b"one")),
+                    ("x-multi".into(), Bytes::from_static(b"two")),
+                    ("x-latin".into(), Bytes::from_static(&[b'c', 0xe9])),
+                    ("x-empty".into(), Bytes::new()),
+                ],
+            }),
+        }
+    }
+
+    #[test]
+    fn http_requests_round_trip_with_binary_bodies_and_repeated_headers() {
+        let request = http_request();
+        assert_eq!(
+            RequestEntry::from_fields(to_map(request.to_fields())),
+            Ok(request)
+        );
+    }
+
+    #[test]
+    fn http_replies_round_trip_with_status_and_headers() {
+        let reply = ReplyEntry {
+            request_id: "h-1".into(),
+            token: Some("t-1".into()),
+            status: ReplyStatus::Ok,
+            payload: Bytes::from_static(&[1, 2, 3, 0]),
+            proxy: "p".into(),
+            http: Some(HttpResponseHead {
+                status: 404,
+                headers: vec![("set-cookie".into(), Bytes::from_static(b"a=1"))],
+            }),
+        };
+        assert_eq!(
+            ReplyEntry::from_fields(to_map(reply.to_fields())),
+            Ok(reply)
+        );
+    }
+
+    #[test]
+    fn malformed_http_heads_are_refused_with_the_field_name() {
+        for (field, value) in [
+            ("method", "GE T"),
+            ("path", "orders"),
+            ("headers", "no-colon\r\n"),
+            ("headers", "bad name: x\r\n"),
+            ("headers", "a: b"),
+        ] {
+            let mut fields = to_map(http_request().to_fields());
+            fields.insert(field.into(), Bytes::copy_from_slice(value.as_bytes()));
+            let err = RequestEntry::from_fields(fields).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::Invalid(f, _) if f == field),
+                "{field}={value:?}: {err}"
+            );
         }
     }
 }

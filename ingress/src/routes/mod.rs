@@ -1,5 +1,6 @@
 //! The ingress's HTTP surface: routes, middleware and the OpenAPI document.
 
+pub mod forward;
 pub mod health;
 pub mod rate_limit;
 pub mod weather;
@@ -7,7 +8,7 @@ pub mod weather;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Router, middleware};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -76,14 +77,31 @@ impl utoipa::Modify for RateLimitDocs {
 /// The state sits behind one `Arc` so each request clones a pointer, not every handle in it.
 /// With `rate_limits`, the API routes (only they: never health, metrics or Swagger, which
 /// probes and scrapers must always reach) get the per-client rate-limit layer.
+/// `forwarded` routes take any method under their prefix (by whole segments: axum matches
+/// `/api` and `/api/{*rest}`, never `/api-docs`, and prefers the longest static prefix).
 pub fn router(
     state: AppState,
     max_body_bytes: usize,
     rate_limits: Option<Arc<RateLimiting>>,
+    forwarded: Vec<Arc<forward::ForwardRoute>>,
 ) -> Router {
+    let state = Arc::new(state);
     let mut api = Router::new()
         .route("/WeatherForecast/city", post(weather::city_forecast))
         .route("/WeatherForecast", get(weather::sample_forecast));
+    for route in forwarded {
+        let prefix = route.config.prefix.clone();
+        let handler = {
+            let state = state.clone();
+            move |request: axum::extract::Request| {
+                forward::handle(state.clone(), route.clone(), request)
+            }
+        };
+        api = api
+            .route(&prefix, any(handler.clone()))
+            .route(&format!("{prefix}/"), any(handler.clone()))
+            .route(&format!("{prefix}/{{*rest}}"), any(handler));
+    }
     if let Some(limits) = rate_limits {
         api = api.route_layer(middleware::from_fn_with_state(
             limits,
@@ -101,5 +119,5 @@ pub fn router(
         .method_not_allowed_fallback(shared::http::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(shared::http::request_context))
-        .with_state(Arc::new(state))
+        .with_state(state)
 }

@@ -55,7 +55,7 @@ pub async fn city_forecast(
             &request_id,
             &headers,
             Operation::CityForecast,
-            payload,
+            payload.into(),
         )
         .await
     };
@@ -89,7 +89,7 @@ pub async fn sample_forecast(
         &request_id,
         &headers,
         Operation::SampleForecast,
-        "{}".into(),
+        bytes::Bytes::from_static(b"{}"),
     )
     .await
     .map_err(|err| err.into_problem(&request_id))
@@ -101,7 +101,7 @@ async fn forward(
     request_id: &RequestId,
     headers: &HeaderMap,
     operation: Operation,
-    payload: String,
+    payload: bytes::Bytes,
 ) -> Result<Response, ApiError> {
     let timeout = requested_timeout(headers, state.request_timeout)?;
     let _in_flight = state.admission.admit(&state.queue, timeout)?;
@@ -114,6 +114,7 @@ async fn forward(
             payload,
             timeout,
             traceparent: traceparent(headers),
+            http: None,
         })
         .await
         .inspect_err(count_refusal)?;
@@ -145,7 +146,7 @@ async fn forward(
 }
 
 /// Counts Redis-side refusals with the admission refusals in `ingress_rejections_total`.
-fn count_refusal(err: &CallError) {
+pub(crate) fn count_refusal(err: &CallError) {
     let reason = match err {
         CallError::RedisUnavailable(_) => "redis_unavailable",
         CallError::RedisOutOfMemory => "redis_out_of_memory",
@@ -157,7 +158,7 @@ fn count_refusal(err: &CallError) {
 }
 
 /// The deadline for this request: `Request-Timeout` when given (capped at `max`), else `max`.
-fn requested_timeout(headers: &HeaderMap, max: Duration) -> Result<Duration, ApiError> {
+pub(crate) fn requested_timeout(headers: &HeaderMap, max: Duration) -> Result<Duration, ApiError> {
     let Some(value) = headers.get(REQUEST_TIMEOUT_HEADER) else {
         return Ok(max);
     };
@@ -173,7 +174,7 @@ fn requested_timeout(headers: &HeaderMap, max: Duration) -> Result<Duration, Api
 }
 
 /// The W3C `traceparent` header, passed on to the proxy when it looks sane.
-fn traceparent(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn traceparent(headers: &HeaderMap) -> Option<String> {
     let value = headers.get("traceparent")?.to_str().ok()?;
     (value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic())).then(|| value.to_string())
 }

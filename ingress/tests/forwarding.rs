@@ -1,0 +1,536 @@
+//! The generic forwarding mode end to end: a real upstream process (`echo-upstream`) behind
+//! real proxies (`QUEUE`, `UPSTREAM_URL`) and ingresses (`ROUTES`, `ROUTES_FILE`) and a real
+//! redis-server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Stack, StackOptions, assert_forecast, assert_problem};
+use serde_json::Value;
+use testkit::{Service, wait_until};
+
+/// An upstream, one proxy serving queue `orders` in front of it, and an ingress routing `/api`
+/// there (plus the weather proxy, so the demo is checked beside it).
+async fn forwarding_stack(
+    ingress_env: Vec<(&'static str, String)>,
+    proxy_env: Vec<(&'static str, String)>,
+) -> (Stack, Service) {
+    let upstream = Service::start("echo-upstream", &[]).await;
+    let mut stack = Stack::start(StackOptions {
+        proxies: 1,
+        ingress_env,
+        ..StackOptions::default()
+    })
+    .await;
+    let mut env = vec![
+        ("QUEUE", "orders".to_string()),
+        ("UPSTREAM_URL", upstream.url.clone()),
+    ];
+    env.extend(proxy_env);
+    stack.add_proxy(&env).await;
+    (stack, upstream)
+}
+
+fn routes(value: &str) -> Vec<(&'static str, String)> {
+    vec![("ROUTES", value.to_string())]
+}
+
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+async fn upstream_stats(upstream: &Service) -> Value {
+    reqwest::get(format!("{}/stats", upstream.url))
+        .await
+        .expect("GET /stats")
+        .json()
+        .await
+        .expect("stats JSON")
+}
+
+#[tokio::test]
+async fn every_method_path_and_query_reaches_the_upstream_and_the_answer_comes_back() {
+    let (stack, _upstream) = forwarding_stack(routes("/api=orders"), vec![]).await;
+    let url = format!("{}/api/echo/items/7?a=1&b=%C3%A9&c", stack.ingress().url);
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let body = format!("body of {method}");
+        let response = stack
+            .http
+            .request(method.clone(), &url)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "{method}");
+        assert_eq!(
+            header(&response, "x-echo-method").as_deref(),
+            Some(method.as_str())
+        );
+        assert_eq!(
+            header(&response, "x-echo-path").as_deref(),
+            Some("/api/echo/items/7?a=1&b=%C3%A9&c"),
+            "{method}: path and query arrive unchanged"
+        );
+        assert!(header(&response, "x-request-id").is_some());
+        let got = response.bytes().await.expect("body");
+        if method == reqwest::Method::HEAD {
+            assert!(got.is_empty());
+        } else {
+            assert_eq!(got, body.as_bytes(), "{method}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_one_mebibyte_binary_body_arrives_and_returns_byte_for_byte() {
+    let (stack, _upstream) = forwarding_stack(routes("/api=orders"), vec![]).await;
+    // Every byte value, NULs, CR/LF and invalid UTF-8 included.
+    let body: Vec<u8> = (0..1024 * 1024)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let response = stack
+        .http
+        .post(format!("{}/api/echo/blob", stack.ingress().url))
+        .header("content-type", "application/octet-stream")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "content-type").as_deref(),
+        Some("application/octet-stream")
+    );
+    let got = response.bytes().await.expect("body");
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "the body came back changed");
+
+    // One byte over the route's limit (1 MiB by default): 413, nothing queued.
+    let mut over = body;
+    over.push(0);
+    let response = stack
+        .http
+        .post(format!("{}/api/echo/blob", stack.ingress().url))
+        .body(over)
+        .send()
+        .await
+        .expect("POST");
+    assert_problem(response, 413).await;
+}
+
+#[tokio::test]
+async fn headers_pass_unchanged_except_hop_by_hop_ones_and_forwarding_headers_are_added() {
+    let (stack, _upstream) = forwarding_stack(routes("/api=orders"), vec![]).await;
+    let latin = reqwest::header::HeaderValue::from_bytes(b"caf\xe9").expect("obs-text value");
+    let response = stack
+        .http
+        .get(format!("{}/api/inspect/x", stack.ingress().url))
+        .header("x-multi", "one")
+        .header("x-multi", "two")
+        .header("x-latin", latin)
+        .header("authorization", "Bearer abc")
+        .header("connection", "x-secret")
+        .header("x-secret", "must-not-pass")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic eA==")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-request-id", "fwd-headers-1")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+    let seen: Value = response.json().await.expect("JSON");
+    let headers: Vec<(String, String)> = seen["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap_or_default().to_string(),
+                pair[1].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let values = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(
+        values("x-multi"),
+        ["one", "two"],
+        "repeated headers keep their order"
+    );
+    assert_eq!(
+        values("x-latin"),
+        ["hex:636166e9"],
+        "non-ASCII bytes arrive unchanged"
+    );
+    assert_eq!(values("authorization"), ["Bearer abc"]);
+    for hop in [
+        "x-secret",
+        "te",
+        "proxy-authorization",
+        "keep-alive",
+        "upgrade",
+        "trailer",
+    ] {
+        assert!(values(hop).is_empty(), "{hop} must not reach the upstream");
+    }
+    assert_eq!(values("x-request-id"), ["fwd-headers-1"]);
+    assert_eq!(values("x-delivery-attempt"), ["1"]);
+    assert_eq!(values("x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(values("x-forwarded-proto"), ["http"]);
+    assert_eq!(values("via"), ["1.1 ingress"]);
+    assert_eq!(values("x-forwarded-host").len(), 1);
+    assert_eq!(seen["method"], "GET");
+
+    // The response side: repeated and non-ASCII headers come back, hop-by-hop ones do not.
+    let response = stack
+        .http
+        .get(format!("{}/api/echo/x", stack.ingress().url))
+        .send()
+        .await
+        .expect("GET");
+    let multi: Vec<_> = response.headers().get_all("x-multi").iter().collect();
+    assert_eq!(multi, ["a", "b"]);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-latin")
+            .map(|v| v.as_bytes().to_vec()),
+        Some(b"caf\xe9".to_vec())
+    );
+    assert!(
+        response.headers().get("x-hop").is_none(),
+        "a header named in Connection came back"
+    );
+}
+
+#[tokio::test]
+async fn upstream_statuses_come_back_unchanged_and_other_paths_keep_their_routes() {
+    let (stack, _upstream) = forwarding_stack(routes("/api=orders"), vec![]).await;
+    for status in [404u16, 500, 503, 201, 302] {
+        let response = stack
+            .http
+            .get(format!("{}/api/status/{status}", stack.ingress().url))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(response.status(), status);
+        let ct = header(&response, "content-type").unwrap_or_default();
+        assert!(
+            !ct.contains("problem"),
+            "the upstream's {status} is not ours: {ct}"
+        );
+        assert_eq!(
+            response.text().await.expect("body"),
+            format!("status {status}")
+        );
+    }
+    // `/api` takes whole segments only: `/api-docs` and `/apix` are not forwarded.
+    let response = stack
+        .http
+        .get(format!("{}/apix/echo", stack.ingress().url))
+        .send()
+        .await
+        .expect("GET");
+    assert_problem(response, 404).await;
+    let response = stack
+        .http
+        .get(format!("{}/api-docs/openapi.json", stack.ingress().url))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+    // The weather demo is unchanged beside the forwarded route.
+    let response = stack
+        .post_city("Paris", "Montmartre", Some("weather-beside-1"))
+        .await;
+    assert_forecast(response, "Paris", "Montmartre", Some("weather-beside-1")).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_at_once_and_a_slow_one_a_504_that_cancels_the_call() {
+    let upstream = Service::start("echo-upstream", &[]).await;
+    let mut stack = Stack::start(StackOptions {
+        proxies: 0,
+        ingress_env: routes("/down=down,/api=orders"),
+        ..StackOptions::default()
+    })
+    .await;
+    let closed = format!("http://127.0.0.1:{}", testkit::free_port());
+    stack
+        .add_proxy(&[("QUEUE", "down".into()), ("UPSTREAM_URL", closed)])
+        .await;
+    stack
+        .add_proxy(&[
+            ("QUEUE", "orders".into()),
+            ("UPSTREAM_URL", upstream.url.clone()),
+        ])
+        .await;
+    for method in [reqwest::Method::POST, reqwest::Method::GET] {
+        let response = stack
+            .http
+            .request(method.clone(), format!("{}/down/x", stack.ingress().url))
+            .header("request-timeout", "20s")
+            .send()
+            .await
+            .expect("request");
+        let problem = assert_problem(response, 502).await;
+        assert_eq!(
+            problem["type"], "urn:problem:broker:upstream-unavailable",
+            "{method}: {problem}"
+        );
+    }
+
+    let response = stack
+        .http
+        .get(format!("{}/api/slow?ms=30000", stack.ingress().url))
+        .header("request-timeout", "1s")
+        .send()
+        .await
+        .expect("GET");
+    assert_problem(response, 504).await;
+    wait_until(
+        "the upstream call to be cancelled",
+        Duration::from_secs(15),
+        || async { upstream_stats(&upstream).await["cancelled"].as_u64() >= Some(1) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn responses_over_the_limit_are_a_502_and_route_settings_apply() {
+    let upstream = Service::start("echo-upstream", &[]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("routes.toml");
+    std::fs::write(
+        &file,
+        "[[route]]\nprefix = \"/v1/orders\"\nqueue = \"orders\"\nmax_body_bytes = 10\nmethods = [\"GET\", \"POST\"]\nstrip_prefix = true\n",
+    )
+    .expect("write routes file");
+    let mut stack = Stack::start(StackOptions {
+        proxies: 0,
+        ingress_env: vec![("ROUTES_FILE", file.display().to_string())],
+        ..StackOptions::default()
+    })
+    .await;
+    stack
+        .add_proxy(&[
+            ("QUEUE", "orders".into()),
+            ("UPSTREAM_URL", upstream.url.clone()),
+            ("UPSTREAM_MAX_RESPONSE_BYTES", "1000".into()),
+        ])
+        .await;
+    let base = format!("{}/v1/orders", stack.ingress().url);
+    let response = stack
+        .http
+        .get(format!("{base}/echo/a?q=1"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "x-echo-path").as_deref(),
+        Some("/echo/a?q=1"),
+        "prefix stripped"
+    );
+
+    let response = stack
+        .http
+        .get(format!("{base}/big?bytes=5000"))
+        .send()
+        .await
+        .expect("GET");
+    let problem = assert_problem(response, 502).await;
+    assert_eq!(
+        problem["type"],
+        "urn:problem:broker:upstream-response-too-large"
+    );
+    let response = stack
+        .http
+        .get(format!("{base}/big?bytes=1000"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+
+    let response = stack
+        .http
+        .post(format!("{base}/echo"))
+        .body("0123456789A")
+        .send()
+        .await
+        .expect("POST");
+    assert_problem(response, 413).await;
+    let response = stack
+        .http
+        .delete(format!("{base}/echo"))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_problem(response, 405).await;
+    let response = stack
+        .http
+        .get(format!("{base}/echo"))
+        .header("x-request-id", "bad id")
+        .send()
+        .await
+        .expect("GET");
+    assert_problem(response, 400).await;
+}
+
+#[tokio::test]
+async fn each_queue_is_its_own_stream_so_a_slow_backend_holds_up_no_other() {
+    let slow_upstream = Service::start("echo-upstream", &[]).await;
+    let fast_upstream = Service::start("echo-upstream", &[]).await;
+    let mut stack = Stack::start(StackOptions {
+        proxies: 0,
+        ingress_env: routes("/api=orders,/reports=reports"),
+        ..StackOptions::default()
+    })
+    .await;
+    stack
+        .add_proxy(&[
+            ("QUEUE", "orders".into()),
+            ("UPSTREAM_URL", slow_upstream.url.clone()),
+            ("TERMINALS", "1".into()),
+        ])
+        .await;
+    stack
+        .add_proxy(&[
+            ("QUEUE", "reports".into()),
+            ("UPSTREAM_URL", fast_upstream.url.clone()),
+        ])
+        .await;
+    // Occupy the orders queue's only terminal for a long time.
+    let http = stack.http.clone();
+    let slow_url = format!("{}/api/slow?ms=20000", stack.ingress().url);
+    let slow = tokio::spawn(async move {
+        http.get(slow_url)
+            .header("request-timeout", "30s")
+            .send()
+            .await
+            .map(|r| r.status())
+    });
+    wait_until(
+        "the slow request to reach its upstream",
+        Duration::from_secs(15),
+        || async { upstream_stats(&slow_upstream).await["requests"].as_u64() >= Some(1) },
+    )
+    .await;
+    for i in 0..5 {
+        let response = stack
+            .http
+            .post(format!("{}/reports/echo/{i}", stack.ingress().url))
+            .body(format!("report {i}"))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.expect("body"), format!("report {i}"));
+    }
+    assert!(
+        !slow.is_finished(),
+        "the reports were answered while the orders queue was busy"
+    );
+    let redis = stack.redis_client().await;
+    let served = |key: &'static str| {
+        let redis = redis.clone();
+        async move {
+            use fred::prelude::*;
+            redis
+                .get::<Option<u64>, _>(key)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(served("reports-requests:served").await, 5);
+    assert_eq!(served("orders-requests:served").await, 0);
+    slow.abort();
+}
+
+#[tokio::test]
+async fn a_request_whose_proxy_is_killed_reaches_the_upstream_again_with_attempt_2_and_is_answered_once()
+ {
+    let upstream = Service::start("echo-upstream", &[]).await;
+    let mut stack = Stack::start(StackOptions {
+        proxies: 0,
+        ingress_env: routes("/api=orders"),
+        ..StackOptions::default()
+    })
+    .await;
+    let proxy_env = [
+        ("QUEUE", "orders".to_string()),
+        ("UPSTREAM_URL", upstream.url.clone()),
+        ("RECLAIM_MIN_IDLE", "1s".to_string()),
+        ("RECLAIM_INTERVAL", "200ms".to_string()),
+    ];
+    stack.add_proxy(&proxy_env).await;
+    let http = stack.http.clone();
+    let url = format!("{}/api/slow?ms=1500", stack.ingress().url);
+    let call = tokio::spawn(async move {
+        let response = http
+            .get(url)
+            .header("x-request-id", "killed-1")
+            .header("request-timeout", "30s")
+            .send()
+            .await?;
+        Ok::<_, reqwest::Error>((response.status(), response.text().await?))
+    });
+    wait_until(
+        "the first delivery to reach the upstream",
+        Duration::from_secs(15),
+        || async {
+            upstream_stats(&upstream).await["attempts"]["killed-1"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        },
+    )
+    .await;
+    stack.proxies[0].sigkill();
+    stack.add_proxy(&proxy_env).await;
+    let (status, body) = call.await.expect("task").expect("response");
+    assert_eq!(status, 200);
+    assert_eq!(body, "slept 1500 ms");
+    let attempts = upstream_stats(&upstream).await["attempts"]["killed-1"].clone();
+    assert_eq!(
+        attempts,
+        serde_json::json!(["1", "2"]),
+        "the upstream saw the first delivery and the reclaimed one"
+    );
+}
+
+#[test]
+fn bad_route_settings_stop_the_ingress_with_a_clear_message() {
+    for (routes, expected) in [
+        ("/metrics=x", "overlaps"),
+        ("/api", "PREFIX=QUEUE"),
+        ("/api=bad queue", "queue name"),
+        ("/api=a,/api=b", "twice"),
+    ] {
+        let output = std::process::Command::new(testkit::binary("ingress"))
+            .env_clear()
+            .env("ROUTES", routes)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env(
+                "REDIS_URL",
+                format!("redis://127.0.0.1:{}", testkit::free_port()),
+            )
+            .output()
+            .expect("run ingress");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{routes}: started");
+        assert!(stderr.contains(expected), "{routes}: {stderr}");
+    }
+}

@@ -1,0 +1,360 @@
+//! The HTTP forwarder (`UPSTREAM_URL`): sends each `http` request to the team's upstream
+//! service with a pooled keep-alive client and hands back its response unchanged. The terminal
+//! pool caps concurrent upstream calls (`TERMINALS`): that cap is the backpressure that
+//! protects the backend.
+//!
+//! At-least-once: a proxy that dies after the upstream answered but before the reply was
+//! written has its entry reclaimed, so the upstream can see the same request twice. It gets
+//! `X-Request-Id` and `X-Delivery-Attempt` (1 on first delivery) to deduplicate.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use shared::protocol::{HttpResponseHead, Operation};
+
+use crate::handler::{BoxFuture, Handler, HandlerError, Request, Response};
+
+/// Header telling the upstream how often this request has been delivered (1 = first time).
+pub const DELIVERY_ATTEMPT_HEADER: &str = "x-delivery-attempt";
+/// How long to wait before the first retry of a request that could not reach the upstream.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Attempts for a request that is safe to repeat (the first one included). Kept small, so a
+/// down upstream is reported within a fraction of a second, not at the caller's deadline.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those the
+/// client sets itself (`host`, `content-length`): never forwarded in either direction.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    ) || name.starts_with("proxy-")
+}
+
+/// Forwards `http` requests to one upstream base URL.
+pub struct Forwarder {
+    /// `scheme://authority` of the upstream.
+    origin: String,
+    /// Path prefix of the upstream URL without a trailing `/` (often empty).
+    base_path: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    max_response_bytes: usize,
+}
+
+/// Why an `UPSTREAM_URL` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamUrlError {
+    #[error("UPSTREAM_URL `{0}` is not a URL: {1}")]
+    Invalid(String, String),
+    #[error(
+        "UPSTREAM_URL `{0}`: only http:// upstreams are supported; put the proxy beside the service (same pod or host) or terminate TLS in a sidecar"
+    )]
+    UnsupportedScheme(String),
+    #[error("UPSTREAM_URL `{0}` must not have a query or fragment")]
+    HasQuery(String),
+}
+
+impl Forwarder {
+    /// A forwarder to `upstream` (e.g. `http://127.0.0.1:8080` or `http://svc:8080/base`),
+    /// refusing upstream bodies over `max_response_bytes`.
+    pub fn new(upstream: &str, max_response_bytes: usize) -> Result<Self, UpstreamUrlError> {
+        let url = url::Url::parse(upstream)
+            .map_err(|e| UpstreamUrlError::Invalid(upstream.into(), e.to_string()))?;
+        if url.scheme() != "http" {
+            return Err(UpstreamUrlError::UnsupportedScheme(upstream.into()));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(UpstreamUrlError::HasQuery(upstream.into()));
+        }
+        let Some(host) = url.host_str() else {
+            return Err(UpstreamUrlError::Invalid(upstream.into(), "no host".into()));
+        };
+        let origin = match url.port() {
+            Some(port) => format!("http://{host}:{port}"),
+            None => format!("http://{host}"),
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Forwarder {
+            origin,
+            base_path: url.path().trim_end_matches('/').to_string(),
+            client,
+            max_response_bytes,
+        })
+    }
+
+    /// The upstream as configured, for the status endpoint and logs.
+    pub fn upstream(&self) -> String {
+        format!("{}{}", self.origin, self.base_path)
+    }
+
+    /// Builds the upstream request for one attempt.
+    fn build(&self, request: &Request<'_>) -> Result<hyper::Request<Full<Bytes>>, HandlerError> {
+        let entry = request.entry;
+        let Some(head) = entry.http.as_ref() else {
+            return Err(invalid("the entry has no method, path or headers"));
+        };
+        let method = Method::from_bytes(head.method.as_bytes())
+            .map_err(|_| invalid(format!("`{}` is not an HTTP method", head.method)))?;
+        let uri: Uri = format!("{}{}{}", self.origin, self.base_path, head.path)
+            .parse()
+            .map_err(|e| invalid(format!("path `{}` is not valid: {e}", head.path)))?;
+        let mut builder = hyper::Request::builder().method(method).uri(uri);
+        let headers = builder
+            .headers_mut()
+            .ok_or_else(|| invalid("the request could not be built"))?;
+        for (name, value) in &head.headers {
+            if is_hop_by_hop(name) || name == "x-request-id" || name == DELIVERY_ATTEMPT_HEADER {
+                continue;
+            }
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(format!("`{name}` is not a header name")))?;
+            let value = HeaderValue::from_maybe_shared(value.clone())
+                .map_err(|_| invalid(format!("the value of `{name}` is not valid")))?;
+            headers.append(name, value);
+        }
+        if let Ok(id) = HeaderValue::from_str(&entry.request_id) {
+            headers.insert("x-request-id", id);
+        }
+        headers.insert(
+            DELIVERY_ATTEMPT_HEADER,
+            HeaderValue::from(request.deliveries),
+        );
+        builder
+            .body(Full::new(entry.payload.clone()))
+            .map_err(|e| invalid(format!("the request could not be built: {e}")))
+    }
+
+    async fn forward(&self, request: Request<'_>) -> Result<Response, HandlerError> {
+        if request.entry.operation != Operation::Http.as_str() {
+            return Err(HandlerError::Invalid {
+                code: "unknown_operation",
+                message: format!(
+                    "this proxy forwards `http` requests to {}; `{}` is served by a proxy without UPSTREAM_URL",
+                    self.upstream(),
+                    request.entry.operation
+                ),
+            });
+        }
+        let repeatable = is_repeatable(&request);
+        let started = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        let response = loop {
+            let upstream_request = self.build(&request)?;
+            match self.client.request(upstream_request).await {
+                Ok(response) => break response,
+                Err(err) => {
+                    // A refused connection never reached the upstream; anything else may have.
+                    let retry = repeatable
+                        && attempt < MAX_ATTEMPTS
+                        && tokio::time::Instant::now() + backoff < request.deadline;
+                    if !retry {
+                        record("unavailable", started);
+                        return Err(HandlerError::Failed {
+                            code: "upstream_unavailable",
+                            message: format!(
+                                "the upstream {} could not be reached ({}; {attempt} attempt{}): {}",
+                                self.upstream(),
+                                if err.is_connect() {
+                                    "connect failed"
+                                } else {
+                                    "connection failed"
+                                },
+                                if attempt == 1 { "" } else { "s" },
+                                error_chain(&err)
+                            ),
+                        });
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let too_large = || {
+            record("too_large", started);
+            HandlerError::Failed {
+                code: "upstream_response_too_large",
+                message: format!(
+                    "the upstream's response body is larger than UPSTREAM_MAX_RESPONSE_BYTES ({} bytes)",
+                    self.max_response_bytes
+                ),
+            }
+        };
+        let declared = parts
+            .headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_response_bytes as u64) {
+            return Err(too_large());
+        }
+        let body = match Limited::new(body, self.max_response_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err)
+                if err
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(too_large());
+            }
+            Err(err) => {
+                record("unavailable", started);
+                return Err(HandlerError::Failed {
+                    code: "upstream_unavailable",
+                    message: format!(
+                        "the upstream {} broke off its response: {err}",
+                        self.upstream()
+                    ),
+                });
+            }
+        };
+        record(status_class(parts.status.as_u16()), started);
+        let named_in_connection = connection_tokens(&parts.headers);
+        let headers = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| {
+                !is_hop_by_hop(name.as_str())
+                    && !named_in_connection.iter().any(|t| t == name.as_str())
+            })
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_string(),
+                    Bytes::copy_from_slice(value.as_bytes()),
+                )
+            })
+            .collect();
+        Ok(Response {
+            payload: body,
+            http: Some(HttpResponseHead {
+                status: parts.status.as_u16(),
+                headers,
+            }),
+        })
+    }
+}
+
+impl Handler for Forwarder {
+    fn name(&self) -> &'static str {
+        "forward"
+    }
+
+    fn handle<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, Result<Response, HandlerError>> {
+        Box::pin(self.forward(request))
+    }
+}
+
+/// Safe to send again after a failure: GET, HEAD, OPTIONS, PUT, DELETE (idempotent by
+/// RFC 9110), or any request carrying an `Idempotency-Key`.
+fn is_repeatable(request: &Request<'_>) -> bool {
+    let Some(head) = request.entry.http.as_ref() else {
+        return false;
+    };
+    matches!(
+        head.method.as_str(),
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"
+    ) || head
+        .headers
+        .iter()
+        .any(|(name, _)| name == "idempotency-key")
+}
+
+/// The header names listed in `Connection` (they, too, are hop-by-hop), lower-cased.
+pub fn connection_tokens(headers: &hyper::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect()
+}
+
+fn invalid(message: impl Into<String>) -> HandlerError {
+    HandlerError::Invalid {
+        code: "invalid_request",
+        message: message.into(),
+    }
+}
+
+/// `2xx`, `4xx`… for the `status_class` label (bounded: six values).
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn record(outcome: &'static str, started: Instant) {
+    metrics::histogram!("proxy_upstream_seconds", "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// The error and its causes on one line (hyper's top-level message alone says little).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls_are_checked() {
+        assert!(Forwarder::new("http://127.0.0.1:8080", 1).is_ok());
+        assert!(
+            Forwarder::new("http://svc/base/", 1).is_ok_and(|f| f.upstream() == "http://svc/base")
+        );
+        for bad in ["https://svc", "svc:80", "http://svc/?a=1", "ftp://x"] {
+            assert!(Forwarder::new(bad, 1).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_recognised() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "host",
+            "content-length",
+        ] {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        assert!(!is_hop_by_hop("x-custom"));
+    }
+}
