@@ -100,6 +100,11 @@ pub struct IngressConfig {
     /// client; from any other peer the header is ignored. Empty: trust nobody.
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
     pub trusted_proxies: TrustedProxies,
+
+    /// Print the Redis ACL rules this configuration needs (one line, to put after
+    /// `ACL SETUSER <user> on >password`) and exit without connecting. See docs/security.md.
+    #[arg(long)]
+    pub print_redis_acl: bool,
 }
 
 fn parse_header_name(value: &str) -> Result<HeaderName, String> {
@@ -108,6 +113,16 @@ fn parse_header_name(value: &str) -> Result<HeaderName, String> {
 }
 
 impl IngressConfig {
+    /// The least-privilege Redis ACL rules of this configuration (`--print-redis-acl`).
+    pub fn redis_acl_rules(&self) -> String {
+        shared::acl::redis_acl_rules(
+            &self.redis,
+            shared::acl::Role::Ingress {
+                reply_stream_prefix: &self.reply_stream_prefix,
+            },
+        )
+    }
+
     /// The instance id, generated once when not configured.
     pub fn resolved_instance_id(&self) -> String {
         self.instance_id

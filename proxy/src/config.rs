@@ -68,6 +68,16 @@ pub struct ProxyConfig {
     #[arg(long, env = "DEAD_LETTER_STREAM")]
     pub dead_letter_stream: Option<String>,
 
+    /// The ingresses' REPLY_STREAM_PREFIX: replies go to streams `<prefix>:<instance-id>`.
+    /// Only used for `--print-redis-acl` (the streams the proxy's Redis user may write to).
+    #[arg(long, env = "REPLY_STREAM_PREFIX", default_value = "weather-responses")]
+    pub reply_stream_prefix: String,
+
+    /// Print the Redis ACL rules this configuration needs (one line, to put after
+    /// `ACL SETUSER <user> on >password`) and exit without connecting. See docs/security.md.
+    #[arg(long)]
+    pub print_redis_acl: bool,
+
     /// Other consumers with nothing pending and idle this long are removed from the group.
     #[arg(long, env = "CONSUMER_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_positive_duration)]
     pub consumer_idle_timeout: Duration,
@@ -103,6 +113,17 @@ pub enum Switch {
 }
 
 impl ProxyConfig {
+    /// The least-privilege Redis ACL rules of this configuration (`--print-redis-acl`).
+    pub fn redis_acl_rules(&self) -> String {
+        shared::acl::redis_acl_rules(
+            &self.redis,
+            shared::acl::Role::Proxy {
+                reply_stream_prefix: &self.reply_stream_prefix,
+                dead_letter_stream: &self.dead_letter_stream(),
+            },
+        )
+    }
+
     /// The dead-letter stream's key.
     pub fn dead_letter_stream(&self) -> String {
         self.dead_letter_stream
