@@ -338,3 +338,86 @@ async fn each_user_is_refused_what_it_must_not_do() {
     let length: u64 = ingress.xlen(REQUEST_STREAM).await.expect("ingress XLEN");
     assert_eq!(length, 0);
 }
+
+/// The deployment's ACL file (k8s/app/redis-users.acl, used by Kubernetes and Compose).
+fn deployment_users_file() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/app/redis-users.acl")
+}
+
+#[tokio::test]
+async fn the_deployment_acl_file_has_the_printed_rules_and_starts_redis_with_default_off() {
+    let text = std::fs::read_to_string(deployment_users_file()).expect("read redis-users.acl");
+    let rules_of = |user: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("user {user} ")))
+            .unwrap_or_else(|| panic!("no line for user {user} in redis-users.acl"))
+            .to_string()
+    };
+    for service in ["ingress", "proxy"] {
+        assert_eq!(
+            rules_of(service),
+            printed_rules(service).await,
+            "k8s/app/redis-users.acl is out of date: put `{service} --print-redis-acl` in it"
+        );
+    }
+
+    // Start Redis the way the deployments do: k8s/app/redis-start.sh with a password per user.
+    let secrets = tempfile::tempdir().expect("temp dir");
+    for user in ["admin", "ingress", "proxy", "monitor"] {
+        std::fs::write(
+            secrets.path().join(format!("{user}-password")),
+            format!("{user}-pw\n"),
+        )
+        .expect("write password");
+    }
+    let port = testkit::free_port();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/app/redis-start.sh");
+    let _redis = tokio::process::Command::new("sh")
+        .arg(script)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(secrets.path())
+        .env("REDIS_ACL_RULES", deployment_users_file())
+        .env("REDIS_SECRETS_DIR", secrets.path())
+        .env("REDIS_ACL_FILE", secrets.path().join("generated.acl"))
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-start.sh");
+    let url = format!("redis://127.0.0.1:{port}");
+    let login = |user: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut config = Config::from_url(&url).expect("url");
+            config.username = Some(user.into());
+            config.password = Some(format!("{user}-pw"));
+            let client = Builder::from_config(config).build().expect("client");
+            client.init().await.map(|_| client)
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let monitor = loop {
+        match login("monitor").await {
+            Ok(client) => break client,
+            Err(err) if tokio::time::Instant::now() >= deadline => {
+                panic!("Redis did not accept the monitor user within 10 s: {err}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let length: u64 = monitor.xlen(REQUEST_STREAM).await.expect("monitor XLEN");
+    assert_eq!(length, 0);
+    let denied = refusal(&monitor, &["XADD", REQUEST_STREAM, "*", "a", "b"]).await;
+    assert!(denied.starts_with("NOPERM"), "{denied}");
+    for user in ["admin", "ingress", "proxy"] {
+        login(user)
+            .await
+            .unwrap_or_else(|err| panic!("{user} cannot log in: {err}"));
+    }
+    let mut anonymous = Config::from_url(&url).expect("url");
+    anonymous.password = None;
+    let anonymous = Builder::from_config(anonymous).build().expect("client");
+    let denied = anonymous.init().await.expect_err("the default user is off");
+    assert!(denied.details().starts_with("NOAUTH"), "{denied}");
+}
