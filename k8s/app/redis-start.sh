@@ -14,7 +14,7 @@ out="${REDIS_ACL_FILE:-/tmp/redis-users.acl}"
 
 umask 077
 : > "$out"
-while read -r keyword name rest; do
+while read -r keyword name rest || [ -n "$keyword" ]; do
     [ "$keyword" = user ] || continue
     if [ "$name" = default ]; then
         echo "user default $rest" >> "$out"
