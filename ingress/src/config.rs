@@ -111,6 +111,11 @@ pub struct IngressConfig {
     /// client; from any other peer the header is ignored. Empty: trust nobody.
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
     pub trusted_proxies: TrustedProxies,
+
+    /// Print the Redis ACL rules this configuration needs (one line, to put after
+    /// `ACL SETUSER <user> on >password`) and exit without connecting. See docs/security.md.
+    #[arg(long)]
+    pub print_redis_acl: bool,
 }
 
 fn parse_header_name(value: &str) -> Result<HeaderName, String> {
@@ -128,6 +133,23 @@ impl IngressConfig {
         routes.extend(crate::forwarding::parse_routes_env(&self.routes)?);
         crate::forwarding::validate(&routes)?;
         Ok(routes)
+    }
+
+    /// The least-privilege Redis ACL rules of this configuration (`--print-redis-acl`),
+    /// forwarded routes' queues included.
+    pub fn redis_acl_rules(&self) -> Result<String, String> {
+        let route_streams: Vec<String> = self
+            .forwarded_routes()?
+            .iter()
+            .map(|route| route.stream())
+            .collect();
+        Ok(shared::acl::redis_acl_rules(
+            &self.redis,
+            shared::acl::Role::Ingress {
+                reply_stream_prefix: &self.reply_stream_prefix,
+                route_streams: &route_streams,
+            },
+        ))
     }
 
     /// The instance id, generated once when not configured.

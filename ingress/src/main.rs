@@ -8,6 +8,18 @@ use ingress::IngressConfig;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config: IngressConfig = shared::config::parse_or_exit("ingress");
+    if config.print_redis_acl {
+        return match config.redis_acl_rules() {
+            Ok(rules) => {
+                println!("{rules}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("ingress: {why}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     shared::telemetry::init_tracing(config.log_format);
     let _ = shared::telemetry::prometheus();
     let shutdown = shared::shutdown::on_signals();

@@ -84,6 +84,16 @@ pub struct ProxyConfig {
     #[arg(long, env = "DEAD_LETTER_STREAM")]
     pub dead_letter_stream: Option<String>,
 
+    /// The ingresses' REPLY_STREAM_PREFIX: replies go to streams `<prefix>:<instance-id>`.
+    /// Only used for `--print-redis-acl` (the streams the proxy's Redis user may write to).
+    #[arg(long, env = "REPLY_STREAM_PREFIX", default_value = "weather-responses")]
+    pub reply_stream_prefix: String,
+
+    /// Print the Redis ACL rules this configuration needs (one line, to put after
+    /// `ACL SETUSER <user> on >password`) and exit without connecting. See docs/security.md.
+    #[arg(long)]
+    pub print_redis_acl: bool,
+
     /// Other consumers with nothing pending and idle this long are removed from the group.
     #[arg(long, env = "CONSUMER_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_positive_duration)]
     pub consumer_idle_timeout: Duration,
@@ -133,11 +143,24 @@ impl ProxyConfig {
         }
     }
 
+    /// The least-privilege Redis ACL rules of this configuration (`--print-redis-acl`).
+    pub fn redis_acl_rules(&self) -> String {
+        let mut redis = self.redis.clone();
+        redis.request_stream = self.request_stream();
+        shared::acl::redis_acl_rules(
+            &redis,
+            shared::acl::Role::Proxy {
+                reply_stream_prefix: &self.reply_stream_prefix,
+                dead_letter_stream: &self.dead_letter_stream(),
+            },
+        )
+    }
+
     /// The dead-letter stream's key.
     pub fn dead_letter_stream(&self) -> String {
         self.dead_letter_stream
             .clone()
-            .unwrap_or_else(|| format!("{}:dlq", self.redis.request_stream))
+            .unwrap_or_else(|| format!("{}:dlq", self.request_stream()))
     }
 
     /// The admin token from ADMIN_TOKEN or ADMIN_TOKEN_FILE (clap refuses both at once).

@@ -8,6 +8,10 @@ use proxy::ProxyConfig;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config: ProxyConfig = shared::config::parse_or_exit("proxy");
+    if config.print_redis_acl {
+        println!("{}", config.redis_acl_rules());
+        return std::process::ExitCode::SUCCESS;
+    }
     shared::telemetry::init_tracing(config.log_format);
     let _ = shared::telemetry::prometheus();
     let shutdown = shared::shutdown::on_signals();

@@ -155,6 +155,27 @@ impl Responder {
         Ok(outcomes)
     }
 
+    /// [`Self::reply_and_acknowledge`] for each reply alone. Used when Redis refused a whole
+    /// batch for lack of permission: with least-privilege ACL users, one reply stream outside
+    /// the proxy's key patterns (a `reply_to` no ingress of this deployment would write) makes
+    /// the script call fail for every reply in it. Alone, only that reply fails (its entry stays
+    /// pending, and is dead-lettered after MAX_DELIVERIES); the others are answered.
+    async fn one_by_one(&self, batch: &[PendingReply]) -> Vec<Result<Delivery, Error>> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for reply in batch.chunks(1) {
+            outcomes.push(match self.reply_and_acknowledge(reply).await {
+                Ok(mut outcome) => outcome.pop().unwrap_or_else(|| {
+                    Err(Error::new(
+                        fred::error::ErrorKind::Protocol,
+                        "the reply script answered no result",
+                    ))
+                }),
+                Err(err) => Err(err),
+            });
+        }
+        outcomes
+    }
+
     /// XACK and XDEL of a handled entry in one round trip: acknowledged entries are deleted
     /// so the request stream holds only what is waiting or being processed. Retries
     /// transient failures until `deadline`.
@@ -174,6 +195,12 @@ impl Responder {
         .map_err(into_error)
         .inspect_err(|err| record_error("xack", err))
     }
+}
+
+/// True when Redis refused the call for lack of permission (ACL): a command or key the
+/// proxy's user may not use.
+fn is_noperm(err: &Error) -> bool {
+    shared::redis::error_code(err) == "NOPERM"
 }
 
 /// Reads one element of the script's answer.
@@ -221,6 +248,9 @@ impl ReplyQueue {
                     metrics::histogram!("proxy_reply_batch_size").record(batch.len() as f64);
                     match responder.reply_and_acknowledge(&batch).await {
                         Ok(outcomes) => outcomes,
+                        Err(err) if batch.len() > 1 && is_noperm(&err) => {
+                            responder.one_by_one(&batch).await
+                        }
                         Err(err) => batch.iter().map(|_| Err(err.clone())).collect(),
                     }
                 }

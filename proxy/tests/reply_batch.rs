@@ -191,3 +191,90 @@ async fn concurrent_replies_share_script_calls_and_all_arrive() {
     );
     println!("{N} concurrent replies in {script_calls} script calls");
 }
+
+#[tokio::test]
+async fn a_reply_stream_the_proxy_user_may_not_write_fails_only_its_own_reply() {
+    const N: usize = 200;
+    let server = RedisServer::start().await;
+    let redis = server.client().await;
+    let ids = pending_entries(&redis, N).await;
+    let _: String = redis
+        .xadd("replies:live", false, None, "*", vec![("created", "1")])
+        .await
+        .expect("create reply stream");
+    let _: String = redis
+        .xadd("elsewhere", false, None, "*", vec![("created", "1")])
+        .await
+        .expect("create a stream outside the proxy's patterns");
+    // The proxy's least-privilege user for these names (replies under `replies:`).
+    let rules = shared::acl::rules(
+        shared::acl::Role::Proxy {
+            reply_stream_prefix: "replies",
+            dead_letter_stream: "dlq",
+        },
+        REQUESTS,
+        shared::acl::ConnectionNeeds::default(),
+    );
+    let mut setuser = vec!["SETUSER", "proxy", "on", ">proxy-pw"];
+    setuser.extend(rules.split(' '));
+    let _: String = redis
+        .custom(fred::cmd!("ACL"), setuser)
+        .await
+        .expect("ACL SETUSER");
+    let client = server
+        .client_as("proxy", "proxy-pw")
+        .await
+        .expect("proxy logs in");
+    let breaker = Arc::new(CircuitBreaker::new(
+        "proxy",
+        BreakerSettings {
+            failure_threshold: 5,
+            open_duration: Duration::from_secs(1),
+        },
+    ));
+    let replies = ReplyQueue::start(Responder::new(
+        client,
+        REQUESTS,
+        GROUP,
+        breaker,
+        Default::default(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let forbidden = N / 2;
+    let tasks: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let replies = replies.clone();
+            let id = id.clone();
+            let stream = if i == forbidden {
+                "elsewhere"
+            } else {
+                "replies:live"
+            };
+            tokio::spawn(async move {
+                replies
+                    .reply_and_acknowledge(stream, &reply(&format!("r{i}")), &id, deadline)
+                    .await
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let outcome = task.await.expect("join");
+        if i == forbidden {
+            let err = outcome.expect_err("the forbidden reply stream must fail");
+            assert!(err.to_string().contains("NOPERM"), "{err}");
+        } else {
+            assert_eq!(outcome.expect("reply"), Delivery::Written, "reply {i}");
+        }
+    }
+    let written: u64 = redis.xlen("replies:live").await.expect("xlen");
+    assert_eq!(written, N as u64, "the marker and every allowed reply");
+    let elsewhere: u64 = redis.xlen("elsewhere").await.expect("xlen");
+    assert_eq!(elsewhere, 1, "nothing written outside the patterns");
+    assert_eq!(
+        pending_count(&redis).await,
+        1,
+        "only the refused entry stays pending"
+    );
+}

@@ -72,9 +72,14 @@ def check_compose(repo: Path, cfg: dict, errors: list[str]) -> int:
                f"{name}: must depend on redis with condition service_healthy")
         expect(svc.get("read_only") is True, f"{name}: read_only root filesystem expected")
         expect("ALL" in (svc.get("cap_drop") or []), f"{name}: cap_drop ALL expected")
-        expect(env.get("REDIS_URL", "").startswith("redis://redis:"), f"{name}: REDIS_URL should point at the redis service")
+        expect(env.get("REDIS_URL", "").startswith(f"redis://{name}@redis:"),
+               f"{name}: REDIS_URL should point at the redis service as ACL user {name} (redis://{name}@redis:6379)")
+        expect(env.get("REDIS_PASSWORD_FILE", "").startswith("/run/secrets/"),
+               f"{name}: REDIS_PASSWORD_FILE should name a secret file (/run/secrets/...)")
     redis = services.get("redis", {})
     expect("--appendonly" in (redis.get("command") or []), "redis must run with --appendonly yes")
+    expect("redis-start.sh" in " ".join(redis.get("entrypoint") or []),
+           "redis must start through k8s/app/redis-start.sh (ACL users, default user off)")
     expect("healthcheck" in redis, "redis needs a healthcheck")
     prom = services.get("prometheus", {})
     targets = {v.get("target") for v in prom.get("volumes", [])}

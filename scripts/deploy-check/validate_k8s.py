@@ -331,6 +331,8 @@ def check_redis_secrets(who: str, spec: dict, c: dict, errors: list[str]) -> Non
     expect(url.startswith(("redis://", "rediss://")), f"{who}: REDIS_URL must be set to a redis:// or rediss:// URL")
     expect(not re.search(r"://[^/@]*:[^/@]*@", url),
            f"{who}: REDIS_URL must not carry a password; mount it and set REDIS_PASSWORD_FILE")
+    expect(bool(re.match(r"rediss?://[^:/@]+@", url)),
+           f"{who}: REDIS_URL must name the service's Redis ACL user (redis://<user>@host; the default user is off)")
     for name, e in env.items():
         expect("secretKeyRef" not in e.get("valueFrom", {}),
                f"{who}: {name} takes a Secret value into the environment; mount the Secret and use a *_FILE setting")

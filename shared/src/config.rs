@@ -275,7 +275,7 @@ pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
 /// A TLS URL is parsed as its plain twin: fred would otherwise load the system trust store (and
 /// fail where there is none) for a TLS configuration that [`RedisSettings::client_config`]
 /// replaces anyway.
-fn parse_redis_url(value: &str) -> Result<fred::prelude::Config, String> {
+pub(crate) fn parse_redis_url(value: &str) -> Result<fred::prelude::Config, String> {
     fred::prelude::Config::from_url(&plain_twin(value)).map_err(|e| {
         format!(
             "REDIS_URL ({}) is not a Redis URL ({}); expected redis://[user[:password]@]host:port or rediss://…",

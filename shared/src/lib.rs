@@ -5,6 +5,7 @@
 //! operational plumbing (configuration pieces, telemetry, HTTP server and helpers, shutdown) live here once
 //! instead of being written twice and drifting apart.
 
+pub mod acl;
 pub mod batch;
 pub mod config;
 pub mod health;

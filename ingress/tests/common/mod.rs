@@ -37,6 +37,17 @@ pub struct Stack {
     pub proxies: Vec<Service>,
     pub ingresses: Vec<Service>,
     pub http: reqwest::Client,
+    /// REDIS_URL of the ingresses (with [`StackOptions::redis_users`]' user name).
+    pub ingress_redis_url: String,
+    /// REDIS_URL of the proxies (with [`StackOptions::redis_users`]' user name).
+    pub proxy_redis_url: String,
+}
+
+/// Redis ACL user names the services log in as (their passwords go in `REDIS_PASSWORD_FILE`
+/// of [`StackOptions::ingress_env`] / [`StackOptions::proxy_env`]).
+pub struct RedisUsers {
+    pub ingress: String,
+    pub proxy: String,
 }
 
 pub struct StackOptions {
@@ -46,6 +57,10 @@ pub struct StackOptions {
     pub ingress_env: Vec<(&'static str, String)>,
     /// Run Redis with AOF persistence (for restart tests).
     pub redis_aof: bool,
+    /// Further redis-server arguments (e.g. `--aclfile <path>`).
+    pub redis_args: Vec<String>,
+    /// Log the services in as these ACL users instead of the default user.
+    pub redis_users: Option<RedisUsers>,
 }
 
 impl Default for StackOptions {
@@ -56,17 +71,25 @@ impl Default for StackOptions {
             proxy_env: vec![("PROCESSING_DELAY_MS", "0".into())],
             ingress_env: vec![],
             redis_aof: false,
+            redis_args: Vec::new(),
+            redis_users: None,
         }
     }
 }
 
 impl Stack {
     pub async fn start(options: StackOptions) -> Self {
-        let redis = if options.redis_aof {
-            RedisServer::start_with(&["--appendonly", "yes", "--save", ""]).await
-        } else {
-            RedisServer::start().await
+        let appendonly = if options.redis_aof { "yes" } else { "no" };
+        let mut args = vec!["--appendonly", appendonly, "--save", ""];
+        args.extend(options.redis_args.iter().map(String::as_str));
+        let redis = RedisServer::start_with(&args).await;
+        let url_as = |user: Option<&String>| match user {
+            Some(user) => format!("redis://{user}@127.0.0.1:{}", redis.port),
+            None => redis.url(),
         };
+        let users = options.redis_users.as_ref();
+        let ingress_redis_url = url_as(users.map(|u| &u.ingress));
+        let proxy_redis_url = url_as(users.map(|u| &u.proxy));
         let mut stack = Stack {
             redis,
             proxies: Vec::new(),
@@ -75,12 +98,14 @@ impl Stack {
                 .pool_max_idle_per_host(64)
                 .build()
                 .expect("http client"),
+            ingress_redis_url,
+            proxy_redis_url,
         };
         for _ in 0..options.proxies {
             stack.add_proxy(&options.proxy_env).await;
         }
         for _ in 0..options.ingresses {
-            let mut env = vec![("REDIS_URL", stack.redis.url())];
+            let mut env = vec![("REDIS_URL", stack.ingress_redis_url.clone())];
             env.extend(options.ingress_env.iter().cloned());
             stack.ingresses.push(Service::start("ingress", &env).await);
         }
@@ -90,7 +115,7 @@ impl Stack {
     /// Starts a proxy with [`ADMIN_TOKEN`] as its admin token, plus `extra` settings.
     pub async fn add_proxy(&mut self, extra: &[(&'static str, String)]) {
         let mut env = vec![
-            ("REDIS_URL", self.redis.url()),
+            ("REDIS_URL", self.proxy_redis_url.clone()),
             ("ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
         ];
         env.extend(extra.iter().cloned());

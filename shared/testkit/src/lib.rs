@@ -193,6 +193,18 @@ impl RedisServer {
         client
     }
 
+    /// A connected client logged in as ACL user `user` (plain servers only). Fails, rather
+    /// than panics, when Redis refuses the login, so a test can check that too.
+    pub async fn client_as(&self, user: &str, password: &str) -> Result<Client, Error> {
+        assert!(!self.tls, "RedisServer::client_as does not speak TLS");
+        let mut config = Config::from_url(&self.url()).expect("redis url");
+        config.username = Some(user.to_string());
+        config.password = Some(password.to_string());
+        let client = Builder::from_config(config).build()?;
+        client.init().await?;
+        Ok(client)
+    }
+
     /// SIGKILLs the server (a crash, not a shutdown).
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
