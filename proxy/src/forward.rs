@@ -52,6 +52,8 @@ pub struct Forwarder {
     base_path: String,
     client: Client<HttpConnector, Full<Bytes>>,
     max_response_bytes: usize,
+    /// The request stream served, the `queue` label of the upstream metrics (one per process).
+    queue: String,
 }
 
 /// Why an `UPSTREAM_URL` cannot be used.
@@ -70,7 +72,11 @@ pub enum UpstreamUrlError {
 impl Forwarder {
     /// A forwarder to `upstream` (e.g. `http://127.0.0.1:8080` or `http://svc:8080/base`),
     /// refusing upstream bodies over `max_response_bytes`.
-    pub fn new(upstream: &str, max_response_bytes: usize) -> Result<Self, UpstreamUrlError> {
+    pub fn new(
+        upstream: &str,
+        max_response_bytes: usize,
+        queue: &str,
+    ) -> Result<Self, UpstreamUrlError> {
         let url = url::Url::parse(upstream)
             .map_err(|e| UpstreamUrlError::Invalid(upstream.into(), e.to_string()))?;
         if url.scheme() != "http" {
@@ -97,6 +103,7 @@ impl Forwarder {
             base_path: url.path().trim_end_matches('/').to_string(),
             client,
             max_response_bytes,
+            queue: queue.to_string(),
         })
     }
 
@@ -167,7 +174,7 @@ impl Forwarder {
                         && attempt < MAX_ATTEMPTS
                         && tokio::time::Instant::now() + backoff < request.deadline;
                     if !retry {
-                        record("unavailable", started);
+                        self.record("unavailable", started);
                         return Err(HandlerError::Failed {
                             code: "upstream_unavailable",
                             message: format!(
@@ -191,7 +198,7 @@ impl Forwarder {
         };
         let (parts, body) = response.into_parts();
         let too_large = || {
-            record("too_large", started);
+            self.record("too_large", started);
             HandlerError::Failed {
                 code: "upstream_response_too_large",
                 message: format!(
@@ -217,7 +224,7 @@ impl Forwarder {
                 return Err(too_large());
             }
             Err(err) => {
-                record("unavailable", started);
+                self.record("unavailable", started);
                 return Err(HandlerError::Failed {
                     code: "upstream_unavailable",
                     message: format!(
@@ -227,7 +234,7 @@ impl Forwarder {
                 });
             }
         };
-        record(status_class(parts.status.as_u16()), started);
+        self.record(status_class(parts.status.as_u16()), started);
         let named_in_connection = connection_tokens(&parts.headers);
         let headers = parts
             .headers
@@ -308,9 +315,13 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-fn record(outcome: &'static str, started: Instant) {
-    metrics::histogram!("proxy_upstream_seconds", "outcome" => outcome)
-        .record(started.elapsed().as_secs_f64());
+impl Forwarder {
+    /// One upstream call in `proxy_upstream_seconds{queue, outcome}`: the status class, or
+    /// `unavailable` / `too_large`. Retries are inside one call.
+    fn record(&self, outcome: &'static str, started: Instant) {
+        metrics::histogram!("proxy_upstream_seconds", "queue" => self.queue.clone(), "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+    }
 }
 
 /// The error and its causes on one line (hyper's top-level message alone says little).
@@ -331,12 +342,13 @@ mod tests {
 
     #[test]
     fn upstream_urls_are_checked() {
-        assert!(Forwarder::new("http://127.0.0.1:8080", 1).is_ok());
+        assert!(Forwarder::new("http://127.0.0.1:8080", 1, "q").is_ok());
         assert!(
-            Forwarder::new("http://svc/base/", 1).is_ok_and(|f| f.upstream() == "http://svc/base")
+            Forwarder::new("http://svc/base/", 1, "q")
+                .is_ok_and(|f| f.upstream() == "http://svc/base")
         );
         for bad in ["https://svc", "svc:80", "http://svc/?a=1", "ftp://x"] {
-            assert!(Forwarder::new(bad, 1).is_err(), "{bad}");
+            assert!(Forwarder::new(bad, 1, "q").is_err(), "{bad}");
         }
     }
 

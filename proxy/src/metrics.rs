@@ -36,6 +36,10 @@ pub fn register() {
         "Replies not written because the caller's reply stream was gone"
     );
     describe_histogram!(
+        "proxy_upstream_seconds",
+        "Upstream calls of the forwarder (UPSTREAM_URL), retries included, by queue (request stream) and outcome: the status class (2xx…5xx), unavailable or too_large"
+    );
+    describe_histogram!(
         "proxy_reply_batch_size",
         "Replies written (and entries acknowledged) per Redis call: 1 at light load, more under load (a summary: quantiles, sum and count)"
     );

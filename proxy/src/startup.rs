@@ -52,8 +52,12 @@ impl Application {
     pub async fn build(config: ProxyConfig) -> anyhow::Result<Self> {
         let handler: Arc<dyn Handler> = match &config.upstream_url {
             Some(url) => Arc::new(
-                Forwarder::new(url, config.upstream_max_response_bytes as usize)
-                    .context("invalid UPSTREAM_URL")?,
+                Forwarder::new(
+                    url,
+                    config.upstream_max_response_bytes as usize,
+                    &config.request_stream(),
+                )
+                .context("invalid UPSTREAM_URL")?,
             ),
             None => Arc::new(Weather::new(config.processing_delay_ms)),
         };
