@@ -490,6 +490,10 @@ impl StreamClient {
                 }
             }
         }
+        // The request (an `http` body may be a mebibyte) is in Redis now or never will be:
+        // waiting for the reply must not keep it in memory.
+        drop(fields);
+        drop(entry);
         let connection_lost = async {
             match unconfirmed {
                 Some(_) => self.connection.down_for(UNCONFIRMED_GRACE).await,

@@ -102,6 +102,12 @@ pub struct IngressConfig {
     #[arg(long, env = "ROUTES", default_value = "")]
     pub routes: String,
 
+    /// Bytes of forwarded request bodies this instance holds at once (they are read whole
+    /// before being queued); a request whose body would exceed it gets 503 + Retry-After at
+    /// once, before its body is read. Bounds the ingress's memory whatever the clients send.
+    #[arg(long, env = "FORWARD_BUFFER_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=(1u64 << 40)))]
+    pub forward_buffer_bytes: u64,
+
     /// TOML file of forwarded routes with per-route settings (timeout, max_body_bytes,
     /// methods, strip_prefix); see docs/forwarding.md. Used together with ROUTES.
     #[arg(long, env = "ROUTES_FILE")]

@@ -39,6 +39,10 @@ pub struct RouteConfig {
     pub methods: Option<Vec<Method>>,
     /// Whether the upstream gets the path without the prefix (`/api/orders` → `/orders`).
     pub strip_prefix: bool,
+    /// Entries this queue's stream may hold before new requests get 503 (default:
+    /// MAX_BACKLOG). With large bodies, Redis holds up to this many of them: size it with
+    /// Redis's memory in mind.
+    pub max_backlog: Option<u64>,
 }
 
 impl RouteConfig {
@@ -77,6 +81,7 @@ struct FileRoute {
     methods: Option<Vec<String>>,
     #[serde(default)]
     strip_prefix: bool,
+    max_backlog: Option<u64>,
 }
 
 /// Parses `ROUTES`: comma-separated `PREFIX=QUEUE` pairs, e.g. `/api=orders,/reports=reports`.
@@ -95,6 +100,7 @@ pub fn parse_routes_env(value: &str) -> Result<Vec<RouteConfig>, String> {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             methods: None,
             strip_prefix: false,
+            max_backlog: None,
         });
     }
     Ok(routes)
@@ -148,6 +154,7 @@ pub fn read_routes_file(path: &Path) -> Result<Vec<RouteConfig>, String> {
                 max_body_bytes: route.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
                 methods,
                 strip_prefix: route.strip_prefix,
+                max_backlog: route.max_backlog,
             })
         })
         .collect()
@@ -186,6 +193,9 @@ pub fn validate(routes: &[RouteConfig]) -> Result<(), String> {
         }
         shared::protocol::validate_queue_name(&route.queue)
             .map_err(|why| format!("route `{prefix}`: {why}"))?;
+        if route.max_backlog == Some(0) {
+            return Err(format!("route `{prefix}`: max_backlog must be at least 1"));
+        }
         if route.max_body_bytes == 0 {
             return Err(format!(
                 "route `{prefix}`: max_body_bytes must be at least 1"
@@ -255,7 +265,7 @@ mod tests {
         let path = dir.join("routes.toml");
         let _ = std::fs::write(
             &path,
-            "[[route]]\nprefix = \"/api\"\nqueue = \"orders\"\ntimeout = \"5s\"\nmax_body_bytes = 10\nmethods = [\"get\", \"POST\"]\nstrip_prefix = true\n",
+            "[[route]]\nprefix = \"/api\"\nqueue = \"orders\"\ntimeout = \"5s\"\nmax_body_bytes = 10\nmethods = [\"get\", \"POST\"]\nstrip_prefix = true\nmax_backlog = 50\n",
         );
         let routes = read_routes_file(&path).unwrap_or_default();
         let _ = std::fs::remove_dir_all(&dir);
@@ -263,5 +273,6 @@ mod tests {
         assert_eq!(routes[0].timeout, Some(Duration::from_secs(5)));
         assert_eq!(routes[0].methods, Some(vec![Method::GET, Method::POST]));
         assert!(routes[0].strip_prefix);
+        assert_eq!(routes[0].max_backlog, Some(50));
     }
 }

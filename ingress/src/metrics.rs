@@ -13,6 +13,7 @@ pub const REJECTION_REASONS: &[&str] = &[
     "wait_exceeds_deadline",
     "no_consumers",
     "redis_out_of_memory",
+    "buffer_full",
 ];
 
 /// Describes the ingress metrics and publishes the counters at zero.

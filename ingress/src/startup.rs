@@ -196,6 +196,9 @@ impl Application {
         ));
 
         let server_stop = CancellationToken::new();
+        let buffer = Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(config.forward_buffer_bytes.div_ceil(1024)).unwrap_or(usize::MAX),
+        ));
         let forwarded = config
             .forwarded_routes()
             .map_err(|why| anyhow::anyhow!("invalid forwarded routes: {why}"))?
@@ -221,11 +224,12 @@ impl Application {
                 Arc::new(ForwardRoute {
                     queue: Queue {
                         stream: route.stream().into(),
-                        max_backlog: config.max_backlog,
+                        max_backlog: route.max_backlog.unwrap_or(config.max_backlog),
                         stats,
                     },
                     config: route,
                     trusted: config.trusted_proxies.clone(),
+                    buffer: buffer.clone(),
                 })
             })
             .collect();

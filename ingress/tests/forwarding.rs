@@ -534,3 +534,43 @@ fn bad_route_settings_stop_the_ingress_with_a_clear_message() {
         assert!(stderr.contains(expected), "{routes}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn bodies_beyond_the_buffer_budget_are_refused_before_they_are_read() {
+    let (stack, upstream) = forwarding_stack(
+        vec![
+            ("ROUTES", "/api=orders".to_string()),
+            ("FORWARD_BUFFER_BYTES", "8192".to_string()),
+        ],
+        vec![],
+    )
+    .await;
+    let url = format!("{}/api/echo/x", stack.ingress().url);
+    let response = stack
+        .http
+        .post(&url)
+        .body(vec![7u8; 6000])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(
+        response.status(),
+        200,
+        "a body within the budget is forwarded"
+    );
+    let before = upstream_stats(&upstream).await["requests"].as_u64();
+    let response = stack
+        .http
+        .post(&url)
+        .body(vec![7u8; 20_000])
+        .send()
+        .await
+        .expect("POST");
+    let problem = assert_problem(response, 503).await;
+    assert_eq!(problem["type"], "urn:problem:broker:overloaded");
+    assert_eq!(
+        upstream_stats(&upstream).await["requests"].as_u64(),
+        before,
+        "nothing was forwarded"
+    );
+}

@@ -4,6 +4,9 @@
 --             body exactly as for (a), then refuses the header with 400 before admission and
 --             before any Redis command: the in-process baseline (b)
 --   live      GET /health/live (tiny JSON, no Redis): the HTTP stack alone
+--   get       GET of the URL as given (scripts/bench-forward: the upstream directly, or a
+--             forwarded route; the weather sample GET /WeatherForecast)
+--   upload    POST of BENCH_WRK_BODY_BYTES bytes (default 1 MiB) of binary data to the URL
 -- At the end one line `WRK_JSON {...}` carries the figures (latencies in ms).
 
 local kind = os.getenv("BENCH_WRK_KIND") or "post"
@@ -15,6 +18,16 @@ if kind == "post" or kind == "baseline" then
   if kind == "baseline" then
     wrk.headers["Request-Timeout"] = "0s"
   end
+end
+
+if kind == "upload" then
+  local n = tonumber(os.getenv("BENCH_WRK_BODY_BYTES") or "1048576")
+  local chunk = {}
+  for i = 0, 255 do chunk[#chunk + 1] = string.char(i) end
+  chunk = table.concat(chunk)
+  wrk.method = "POST"
+  wrk.body = string.rep(chunk, math.floor(n / 256)) .. string.sub(chunk, 1, n % 256)
+  wrk.headers["Content-Type"] = "application/octet-stream"
 end
 
 function done(summary, latency, requests)

@@ -28,6 +28,16 @@ pub struct ForwardRoute {
     pub queue: Queue,
     /// Peers whose `X-Forwarded-Proto` / `-Host` are believed (TRUSTED_PROXIES).
     pub trusted: TrustedProxies,
+    /// Body bytes all forwarded requests may hold at once (FORWARD_BUFFER_BYTES), in KiB
+    /// permits; shared by every route.
+    pub buffer: Arc<tokio::sync::Semaphore>,
+}
+
+/// KiB permits a body of up to `bytes` needs.
+fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus `host` and
@@ -78,6 +88,21 @@ pub async fn handle(
         }
         let cap = config.timeout.unwrap_or(state.request_timeout);
         let timeout = requested_timeout(&parts.headers, cap)?;
+        // Admitted before the body is read: a refused request costs no memory.
+        let _in_flight = state.admission.admit(&route.queue, timeout)?;
+        let declared = parts
+            .headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > config.max_body_bytes as u64) {
+            return Err(body_too_large(config));
+        }
+        let reserve = declared.unwrap_or(config.max_body_bytes as u64);
+        let _buffer = route
+            .buffer
+            .clone()
+            .try_acquire_many_owned(kib(reserve))
+            .map_err(|_| buffer_full())?;
         let body = match axum::body::to_bytes(body, config.max_body_bytes).await {
             Ok(body) => body,
             Err(err) => return Err(body_error(config, err)),
@@ -100,7 +125,6 @@ pub async fn handle(
             path: upstream_path,
             headers: forwarded_headers(&parts.headers, peer, &route.trusted),
         };
-        let _in_flight = state.admission.admit(&route.queue, timeout)?;
         let reply = state
             .broker
             .call(Call {
@@ -242,17 +266,7 @@ fn body_error(route: &RouteConfig, err: axum::Error) -> ApiError {
         .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
         || err.to_string().contains("length limit");
     if too_large {
-        ApiError::Status {
-            problem: Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                "Body too large",
-                format!(
-                    "route `{}` accepts bodies up to {} bytes (max_body_bytes in ROUTES_FILE)",
-                    route.prefix, route.max_body_bytes
-                ),
-            ),
-        }
+        body_too_large(route)
     } else {
         ApiError::Status {
             problem: Problem::new(
@@ -262,5 +276,32 @@ fn body_error(route: &RouteConfig, err: axum::Error) -> ApiError {
                 format!("the request body could not be read: {err}; send it again"),
             ),
         }
+    }
+}
+
+fn body_too_large(route: &RouteConfig) -> ApiError {
+    ApiError::Status {
+        problem: Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Body too large",
+            format!(
+                "route `{}` accepts bodies up to {} bytes (max_body_bytes in ROUTES_FILE)",
+                route.prefix, route.max_body_bytes
+            ),
+        ),
+    }
+}
+
+fn buffer_full() -> ApiError {
+    metrics::counter!("ingress_rejections_total", "reason" => "buffer_full").increment(1);
+    ApiError::Status {
+        problem: Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Too many request bodies in flight",
+            "this instance holds as many forwarded request bodies as FORWARD_BUFFER_BYTES allows; the request was not read or queued; retry after the indicated delay",
+        )
+        .retry_after(1),
     }
 }
