@@ -57,7 +57,7 @@ mod fields {
 
 /// What is known about the failure being dead-lettered.
 pub struct Failure<'a> {
-    /// Label: `unreadable`, `invalid_payload` or `max_deliveries`.
+    /// Label: `unreadable`, `unsupported_version`, `invalid_payload` or `max_deliveries`.
     pub reason: &'static str,
     /// The last error seen, for the operator.
     pub error: String,
@@ -79,7 +79,7 @@ pub struct DeadLetter {
     pub operation: Option<String>,
     pub payload: Option<String>,
     pub reply_to: Option<String>,
-    /// `unreadable`, `invalid_payload` or `max_deliveries`.
+    /// `unreadable`, `unsupported_version`, `invalid_payload` or `max_deliveries`.
     pub reason: String,
     /// The last error.
     pub error: String,
