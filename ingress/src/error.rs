@@ -139,13 +139,13 @@ impl ApiError {
                 "Unreadable reply",
                 format!("a proxy answered, but its reply could not be read ({why}); the request was processed, its result is unknown"),
             ),
+            // Not a 503 + Retry-After: that means "not queued", and this request was.
             ApiError::Call(CallError::ShuttingDown) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "draining",
-                "Instance shutting down",
-                "this instance stopped waiting for the reply while shutting down; retry",
-            )
-            .retry_after(1),
+                StatusCode::GATEWAY_TIMEOUT,
+                "shutdown-unanswered",
+                "Instance shut down before the reply came",
+                "the request was queued, but this instance had to stop (DRAIN_TIMEOUT passed) before its reply came; it may still be processed. Retry only if the request is safe to repeat",
+            ),
             ApiError::Proxy { code, message } if code == "upstream_unavailable" => Problem::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream-unavailable",

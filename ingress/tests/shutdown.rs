@@ -124,3 +124,29 @@ async fn sigterm_to_the_ingress_answers_requests_in_flight_and_refuses_new_ones(
         .expect("EXISTS");
     assert_eq!(exists, 0, "the ingress deleted its reply stream on exit");
 }
+
+/// A request still waiting when DRAIN_TIMEOUT ends was queued: its answer must not be a
+/// 503 + Retry-After (which means "not queued, retry"), but a 504 that says it may be processed.
+#[tokio::test]
+async fn requests_still_waiting_when_the_drain_ends_are_told_they_may_still_be_processed() {
+    let mut stack = Stack::start(StackOptions {
+        proxy_env: vec![
+            ("PROCESSING_DELAY_MS", "20000".into()),
+            ("TERMINALS", "2".into()),
+        ],
+        ingress_env: vec![("DRAIN_TIMEOUT", "1s".into())],
+        ..Default::default()
+    })
+    .await;
+    let requests = spawn_requests(&stack, 2, "drain-ends");
+    wait_metric(stack.ingress(), "ingress_requests_in_flight", 2.0).await;
+    stack.ingress().sigterm();
+    for request in requests {
+        let response = request.await.expect("task");
+        assert!(response.headers().get("retry-after").is_none());
+        let body = assert_problem(response, 504).await;
+        assert_eq!(body["type"], "urn:problem:broker:shutdown-unanswered");
+    }
+    let ingress = &mut stack.ingresses[0];
+    assert_eq!(ingress.wait_exit(Duration::from_secs(15)).await, Some(0));
+}
