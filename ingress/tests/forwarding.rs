@@ -77,9 +77,15 @@ async fn every_method_path_and_query_reaches_the_upstream_and_the_answer_comes_b
             "{method}: path and query arrive unchanged"
         );
         assert!(header(&response, "x-request-id").is_some());
+        let length = header(&response, "content-length");
         let got = response.bytes().await.expect("body");
         if method == reqwest::Method::HEAD {
             assert!(got.is_empty());
+            assert_eq!(
+                length.as_deref(),
+                Some(body.len().to_string().as_str()),
+                "HEAD keeps the length the upstream declared"
+            );
         } else {
             assert_eq!(got, body.as_bytes(), "{method}");
         }

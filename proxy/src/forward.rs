@@ -161,6 +161,11 @@ impl Forwarder {
             });
         }
         let repeatable = is_repeatable(&request);
+        let head = request
+            .entry
+            .http
+            .as_ref()
+            .is_some_and(|h| h.method == "HEAD");
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 1;
@@ -211,7 +216,8 @@ impl Forwarder {
             .headers
             .get(hyper::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.max_response_bytes as u64) {
+        // A HEAD answer has no body, whatever length it declares.
+        if !head && declared.is_some_and(|len| len > self.max_response_bytes as u64) {
             return Err(too_large());
         }
         let body = match Limited::new(body, self.max_response_bytes).collect().await {
@@ -240,7 +246,9 @@ impl Forwarder {
             .headers
             .iter()
             .filter(|(name, _)| {
-                !is_hop_by_hop(name.as_str())
+                // HEAD: the declared length describes the body a GET would get; keep it.
+                let keep = head && *name == hyper::header::CONTENT_LENGTH;
+                (keep || !is_hop_by_hop(name.as_str()))
                     && !named_in_connection.iter().any(|t| t == name.as_str())
             })
             .map(|(name, value)| {

@@ -139,7 +139,11 @@ pub async fn handle(
             .await
             .inspect_err(count_refusal)?;
         match (reply.status, reply.http) {
-            (ReplyStatus::Ok, Some(http)) => Ok(upstream_response(http, reply.payload)),
+            (ReplyStatus::Ok, Some(http)) => Ok(upstream_response(
+                http,
+                reply.payload,
+                parts.method == axum::http::Method::HEAD,
+            )),
             (ReplyStatus::Ok, None) => Err(ApiError::Call(crate::broker::CallError::InvalidReply(
                 "an ok reply to a forwarded request carries no http_status".into(),
             ))),
@@ -162,7 +166,20 @@ pub async fn handle(
     };
     match result.await {
         Ok(response) => response,
-        Err(err) => err.into_problem(&request_id).into_response(),
+        Err(err) => {
+            let mut response = err.into_problem(&request_id).into_response();
+            if response.status() == StatusCode::METHOD_NOT_ALLOWED
+                && let Some(methods) = &route.config.methods
+            {
+                let allowed: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+                if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+                    response
+                        .headers_mut()
+                        .insert(axum::http::header::ALLOW, value);
+                }
+            }
+            response
+        }
     }
 }
 
@@ -225,14 +242,20 @@ fn forwarded_headers(
 }
 
 /// The upstream's response, with its status, end-to-end headers and body.
-fn upstream_response(http: shared::protocol::HttpResponseHead, body: Bytes) -> Response {
+/// For `HEAD`, the upstream's `Content-Length` is kept: it describes the body a `GET` would get.
+fn upstream_response(
+    http: shared::protocol::HttpResponseHead,
+    body: Bytes,
+    head: bool,
+) -> Response {
     let status = StatusCode::from_u16(http.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     for (name, value) in http.headers {
         // The request-id middleware sets X-Request-Id itself.
-        if is_hop_by_hop(&name) || name == "x-request-id" {
+        let keep = head && name == "content-length";
+        if (is_hop_by_hop(&name) && !keep) || name == "x-request-id" {
             continue;
         }
         if let (Ok(name), Ok(value)) = (
