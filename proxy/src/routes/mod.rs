@@ -11,6 +11,7 @@ use std::sync::Arc;
 use axum::routing::{delete, get, post};
 use axum::{Router, middleware};
 use fred::prelude::Client;
+use shared::openapi::HttpContract;
 use shared::resilience::CircuitBreaker;
 use shared::streams::StreamStats;
 use utoipa::OpenApi;
@@ -71,7 +72,7 @@ pub struct ProxyState {
         (name = "failure injection", description = "Inject faults at run time (demos, chaos tests): all rates 0 at start; changing them needs the admin token, and FAULT_INJECTION=off refuses them"),
         (name = "dead letters", description = "Requests that could not be processed: list, replay, delete (replay and delete need the admin token)"),
     ),
-    modifiers(&BearerSecurity)
+    modifiers(&BearerSecurity, &HttpContract)
 )]
 pub struct ApiDoc;
 
@@ -113,4 +114,37 @@ pub fn router(state: ProxyState, admin: Arc<AdminGuard>) -> Router {
         .method_not_allowed_fallback(shared::http::method_not_allowed)
         .layer(middleware::from_fn(shared::http::request_context))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_states_what_the_service_enforces() {
+        let document = serde_json::to_value(ApiDoc::openapi()).expect("JSON");
+        assert_eq!(
+            shared::openapi::contract_violations(&document),
+            Vec::<String>::new()
+        );
+        let count = &document["paths"]["/api/dead-letters"]["get"]["parameters"][0];
+        assert_eq!(count["name"], "count");
+        assert_eq!(count["in"], "query");
+        assert_eq!(count["required"], false);
+        assert_eq!(count["schema"]["minimum"], 1);
+        assert_eq!(count["schema"]["maximum"], 1000);
+        let id = &document["paths"]["/api/dead-letters/{id}"]["delete"]["parameters"][0];
+        assert_eq!(id["schema"]["pattern"], "^[0-9]+-[0-9]+$");
+        let update = &document["components"]["schemas"]["FaultConfigUpdate"]["properties"];
+        assert_eq!(update["slowResponseDelayMs"]["maximum"], 600_000);
+        for rate in [
+            "processingErrorRate",
+            "crashBeforeAckRate",
+            "slowResponseRate",
+            "responseTimeoutRate",
+        ] {
+            assert_eq!(update[rate]["minimum"], 0, "{rate}");
+            assert_eq!(update[rate]["maximum"], 1, "{rate}");
+        }
+    }
 }
