@@ -119,7 +119,7 @@ pub async fn list(
 /// several concurrent replays of one id exactly one gets 200, the others 404.
 #[utoipa::path(post, path = "/api/dead-letters/{id}/replay", tag = "dead letters",
     params(
-        ("id" = String, Path, pattern = "^[0-9]+-[0-9]+$", description = "Dead-letter id from the list: a stream entry id `<milliseconds>-<sequence>`, both whole numbers of at most 18446744073709551615, like `1700000000000-0`"),
+        ("id" = String, Path, description = "Dead-letter id from the list: a stream entry id `<milliseconds>-<sequence>`, both whole numbers of at most 18446744073709551615, like `1700000000000-0`"),
         RequestIdHeader,
     ),
     responses(
@@ -166,7 +166,7 @@ pub async fn replay_all(
 /// Deletes one dead letter.
 #[utoipa::path(delete, path = "/api/dead-letters/{id}", tag = "dead letters",
     params(
-        ("id" = String, Path, pattern = "^[0-9]+-[0-9]+$", description = "Dead-letter id from the list: a stream entry id `<milliseconds>-<sequence>`, both whole numbers of at most 18446744073709551615, like `1700000000000-0`"),
+        ("id" = String, Path, description = "Dead-letter id from the list: a stream entry id `<milliseconds>-<sequence>`, both whole numbers of at most 18446744073709551615, like `1700000000000-0`"),
         RequestIdHeader,
     ),
     responses(
