@@ -555,6 +555,35 @@ async fn a_request_that_crashes_every_proxy_is_dead_lettered_with_a_502_and_repl
         .await
         .expect("JSON");
     assert_eq!(config["crashBeforeAckRate"], 1.0);
+    // Each request draws one fault at most: rates adding up to more than 1 are refused, and
+    // the rate left out (crashBeforeAckRate, still 1.0) counts towards the sum.
+    let over = http
+        .post(&config_url)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"processingErrorRate": 0.5}))
+        .send()
+        .await
+        .expect("POST");
+    let body = assert_problem(over, 400).await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("add up to"),
+        "{body}"
+    );
+    let config: Value = http
+        .get(&config_url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        config["processingErrorRate"], 0.0,
+        "a refused update changes nothing"
+    );
 
     let started = Instant::now();
     let response = stack

@@ -21,7 +21,15 @@ pub const FAULT_KINDS: &[&str] = &[
     "response_timeout",
 ];
 
-/// The injection settings. All rates are probabilities in [0, 1].
+/// Longest delay of a slow response, in milliseconds (10 minutes).
+pub const MAX_SLOW_RESPONSE_DELAY_MS: u64 = 600_000;
+
+/// Allowance for rounding when the rates are added up: `0.1 + 0.2 + 0.3 + 0.4` is
+/// `1.0000000000000002` in floating point and must still count as 1.
+const SUM_TOLERANCE: f64 = 1e-9;
+
+/// The injection settings. All rates are probabilities in [0, 1] and add up to at most 1: each
+/// request draws once, so rates summing above 1 would leave the later kinds never drawn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({
@@ -30,16 +38,21 @@ pub const FAULT_KINDS: &[&str] = &[
 }))]
 pub struct FaultConfig {
     /// Reply with an error (the caller gets 502) instead of processing.
+    #[schema(minimum = 0, maximum = 1)]
     pub processing_error_rate: f64,
     /// Drop the entry without reply or acknowledgement, as if the proxy died: it stays pending
     /// and is redelivered after RECLAIM_MIN_IDLE (dead-lettered after MAX_DELIVERIES).
+    #[schema(minimum = 0, maximum = 1)]
     pub crash_before_ack_rate: f64,
     /// Add `slowResponseDelayMs` before processing.
+    #[schema(minimum = 0, maximum = 1)]
     pub slow_response_rate: f64,
-    /// Extra delay of a slow response, in milliseconds.
+    /// Extra delay of a slow response, in milliseconds (at most 600000).
+    #[schema(maximum = 600000)]
     pub slow_response_delay_ms: u64,
     /// Hold the request past its deadline, then reply `backend_timeout` (the caller has
     /// already had its 504).
+    #[schema(minimum = 0, maximum = 1)]
     pub response_timeout_rate: f64,
 }
 
@@ -55,15 +68,27 @@ impl Default for FaultConfig {
     }
 }
 
-/// A partial update of [`FaultConfig`]: fields left out keep their value.
+/// A partial update of the failure-injection settings: fields left out (or `null`) keep their value. Each rate
+/// lies in [0, 1], and the four rates in force afterwards must add up to at most 1 (else 400 and
+/// nothing changes).
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"processingErrorRate": 0.2, "crashBeforeAckRate": 0.1}))]
 pub struct FaultConfigUpdate {
+    /// Rate of requests answered with an error (0 to 1).
+    #[schema(minimum = 0, maximum = 1)]
     pub processing_error_rate: Option<f64>,
+    /// Rate of requests dropped without reply or acknowledgement (0 to 1).
+    #[schema(minimum = 0, maximum = 1)]
     pub crash_before_ack_rate: Option<f64>,
+    /// Rate of requests delayed by `slowResponseDelayMs` (0 to 1).
+    #[schema(minimum = 0, maximum = 1)]
     pub slow_response_rate: Option<f64>,
+    /// Extra delay of a slow response in milliseconds, at most 600000 (10 minutes).
+    #[schema(maximum = 600000)]
     pub slow_response_delay_ms: Option<u64>,
+    /// Rate of requests held past their deadline (0 to 1).
+    #[schema(minimum = 0, maximum = 1)]
     pub response_timeout_rate: Option<f64>,
 }
 
@@ -128,7 +153,9 @@ impl FailureInjection {
             .clone()
     }
 
-    /// Applies `update`; every rate must lie in [0, 1] (the message names the first that does not).
+    /// Applies `update`; every rate must lie in [0, 1] (the message names the first that does
+    /// not), the rates in force afterwards must add up to at most 1, and the delay must be at
+    /// most [`MAX_SLOW_RESPONSE_DELAY_MS`]. A refused update changes nothing.
     pub fn update(&self, update: FaultConfigUpdate) -> Result<FaultConfig, String> {
         if !self.enabled {
             return Err("failure injection is off (FAULT_INJECTION=off)".into());
@@ -165,12 +192,25 @@ impl FailureInjection {
             }
         }
         if let Some(ms) = update.slow_response_delay_ms {
-            if ms > 600_000 {
+            if ms > MAX_SLOW_RESPONSE_DELAY_MS {
                 return Err(format!(
-                    "`slowResponseDelayMs` must be at most 600000, got {ms}"
+                    "`slowResponseDelayMs` must be at most {MAX_SLOW_RESPONSE_DELAY_MS}, got {ms}"
                 ));
             }
             next.slow_response_delay_ms = ms;
+        }
+        let total = next.processing_error_rate
+            + next.crash_before_ack_rate
+            + next.slow_response_rate
+            + next.response_timeout_rate;
+        if total > 1.0 + SUM_TOLERANCE {
+            return Err(format!(
+                "the rates would add up to {total} (processingErrorRate {}, crashBeforeAckRate {}, slowResponseRate {}, responseTimeoutRate {}): each request draws one fault at most, so together they must not exceed 1; lower one (rates left out keep their current value)",
+                next.processing_error_rate,
+                next.crash_before_ack_rate,
+                next.slow_response_rate,
+                next.response_timeout_rate
+            ));
         }
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
         tracing::warn!(?next, "failure injection changed");
@@ -239,6 +279,38 @@ mod tests {
             injection.get(),
             FaultConfig::default(),
             "a rejected update changes nothing"
+        );
+    }
+
+    #[test]
+    fn rates_adding_up_to_more_than_one_are_refused() {
+        let injection = FailureInjection::default();
+        let set = |processing, crash| {
+            injection.update(FaultConfigUpdate {
+                processing_error_rate: processing,
+                crash_before_ack_rate: crash,
+                ..Default::default()
+            })
+        };
+        let err = set(Some(0.7), Some(0.4)).expect_err("1.1 in total");
+        assert!(err.contains("add up to"), "{err}");
+        assert_eq!(injection.get(), FaultConfig::default(), "nothing changed");
+        assert!(set(Some(0.7), Some(0.3)).is_ok(), "exactly 1 is fine");
+        // Rates left out keep their value and count towards the sum.
+        let err = set(None, Some(0.4)).expect_err("0.7 kept + 0.4");
+        assert!(err.contains("add up to"), "{err}");
+        assert_eq!(injection.get().crash_before_ack_rate, 0.3);
+        // Rounding does not refuse four rates that add up to 1.
+        assert!(
+            injection
+                .update(FaultConfigUpdate {
+                    processing_error_rate: Some(0.1),
+                    crash_before_ack_rate: Some(0.2),
+                    slow_response_rate: Some(0.3),
+                    response_timeout_rate: Some(0.4),
+                    ..Default::default()
+                })
+                .is_ok()
         );
     }
 

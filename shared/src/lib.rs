@@ -10,6 +10,7 @@ pub mod batch;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod openapi;
 pub mod protocol;
 pub mod redis;
 pub mod redis_problems;

@@ -534,6 +534,12 @@ impl EntryId {
     }
 }
 
+/// Exactly the texts [`EntryId`]'s `from_str` accepts, as a JSON Schema pattern, for the OpenAPI
+/// document of the dead-letter routes (a unit test compares the two): two whole numbers of at
+/// most `u64::MAX` (18446744073709551615), leading zeros allowed, joined by `-`. The
+/// alternatives spell out "at most 20 digits and not above the maximum" digit by digit.
+pub const ENTRY_ID_PATTERN: &str = "^0*(?:[0-9]{1,19}|1[0-7][0-9]{18}|18[0-3][0-9]{17}|184[0-3][0-9]{16}|1844[0-5][0-9]{15}|18446[0-6][0-9]{14}|184467[0-3][0-9]{13}|1844674[0-3][0-9]{12}|184467440[0-6][0-9]{10}|1844674407[0-2][0-9]{9}|18446744073[0-6][0-9]{8}|1844674407370[0-8][0-9]{6}|18446744073709[0-4][0-9]{5}|184467440737095[0-4][0-9]{4}|18446744073709550[0-9]{3}|18446744073709551[0-5][0-9]{2}|1844674407370955160[0-9]|1844674407370955161[0-4]|18446744073709551615)-0*(?:[0-9]{1,19}|1[0-7][0-9]{18}|18[0-3][0-9]{17}|184[0-3][0-9]{16}|1844[0-5][0-9]{15}|18446[0-6][0-9]{14}|184467[0-3][0-9]{13}|1844674[0-3][0-9]{12}|184467440[0-6][0-9]{10}|1844674407[0-2][0-9]{9}|18446744073[0-6][0-9]{8}|1844674407370[0-8][0-9]{6}|18446744073709[0-4][0-9]{5}|184467440737095[0-4][0-9]{4}|18446744073709550[0-9]{3}|18446744073709551[0-5][0-9]{2}|1844674407370955160[0-9]|1844674407370955161[0-4]|18446744073709551615)$";
+
 impl std::str::FromStr for EntryId {
     type Err = String;
 
@@ -569,6 +575,41 @@ impl std::fmt::Display for EntryId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The documented pattern accepts exactly what `from_str` accepts, around the edges of the
+    /// range (u64::MAX, one above, every digit position) and with leading zeros.
+    #[test]
+    fn the_documented_pattern_matches_the_parser() {
+        let pattern = regex::Regex::new(ENTRY_ID_PATTERN).expect("pattern");
+        let max = u128::from(u64::MAX);
+        let mut numbers: Vec<String> = vec!["0".into(), "00".into(), "".into(), "+1".into()];
+        for edge in [max, max + 1, max - 1, max + 10, max + 100] {
+            numbers.push(edge.to_string());
+            numbers.push(format!("000{edge}"));
+        }
+        for digits in 1..=22u32 {
+            let low = 10u128.pow(digits - 1);
+            for n in [low, low * 2 - 1, low * 10 - 1, low * 5 + 3] {
+                numbers.push(n.to_string());
+            }
+        }
+        // Every number that differs from u64::MAX in one digit.
+        let text = max.to_string();
+        for position in 0..text.len() {
+            for digit in '0'..='9' {
+                let mut changed: Vec<char> = text.chars().collect();
+                changed[position] = digit;
+                numbers.push(changed.into_iter().collect());
+            }
+        }
+        for ms in &numbers {
+            for seq in ["0", "18446744073709551615", "18446744073709551616"] {
+                for id in [format!("{ms}-{seq}"), format!("{seq}-{ms}")] {
+                    assert_eq!(pattern.is_match(&id), id.parse::<EntryId>().is_ok(), "{id}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn entry_ids_parse_and_order() {

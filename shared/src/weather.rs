@@ -11,18 +11,35 @@ pub const MAX_CITY_CHARS: usize = 100;
 /// Longest accepted location, in characters.
 pub const MAX_LOCATION_CHARS: usize = 100;
 
+/// The rule of [`CityForecastRequest::validate`] for `city` as a JSON Schema pattern: no control
+/// character (Unicode category Cc, `char::is_control`) and at least one character that is
+/// neither a control nor white space (`str::trim` would leave something). The length is in
+/// `minLength`/`maxLength` (characters, as JSON Schema and the validator count).
+pub const CITY_PATTERN: &str = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x1f\\x7f-\\x9f \\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$";
+/// The rule for `location`: no control character; may be empty or blank.
+pub const LOCATION_PATTERN: &str = "^[^\\x00-\\x1f\\x7f-\\x9f]*$";
+
 /// Body of `POST /WeatherForecast/city`: a JSON object (an array is refused).
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(example = json!({"city": "New York", "location": "Downtown"}))]
 pub struct CityForecastRequest {
-    /// City to forecast, 1 to 100 characters.
-    #[schema(min_length = 1, max_length = 100, example = "New York")]
+    /// City to forecast: 1 to 100 characters, not only white space, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x1f\\x7f-\\x9f \\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$",
+        example = "New York"
+    )]
     pub city: String,
-    /// Part of the city, up to 100 characters; may be omitted.
+    /// Part of the city: up to 100 characters, no control characters; may be omitted.
     // `default` here only tells the OpenAPI schema that the field is optional.
     #[serde(default)]
-    #[schema(max_length = 100, example = "Downtown")]
+    #[schema(
+        max_length = 100,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$",
+        example = "Downtown"
+    )]
     pub location: String,
 }
 
@@ -164,6 +181,39 @@ mod tests {
                 .contains("location")
         );
         assert!(request("x\u{0}", "").validate().is_err());
+    }
+
+    /// The document's patterns (the constants, which the schema attributes repeat because
+    /// utoipa takes only literals there) agree with `validate` on every character of the Basic
+    /// Multilingual Plane, alone and between letters.
+    #[test]
+    fn the_documented_patterns_match_the_validator() {
+        let city = regex::Regex::new(CITY_PATTERN).expect("city pattern");
+        let location = regex::Regex::new(LOCATION_PATTERN).expect("location pattern");
+        let schema = serde_json::to_value(<CityForecastRequest as utoipa::PartialSchema>::schema())
+            .expect("schema");
+        assert_eq!(schema["properties"]["city"]["pattern"], CITY_PATTERN);
+        assert_eq!(
+            schema["properties"]["location"]["pattern"],
+            LOCATION_PATTERN
+        );
+        let chars = (0..=0xFFFFu32)
+            .filter_map(char::from_u32)
+            .chain(['\u{10FFFF}']);
+        for c in chars {
+            for text in [c.to_string(), format!("a{c}b"), format!("{c}{c}")] {
+                assert_eq!(
+                    city.is_match(&text),
+                    request(&text, "").validate().is_ok(),
+                    "city {text:?}"
+                );
+                assert_eq!(
+                    location.is_match(&text),
+                    request("x", &text).validate().is_ok(),
+                    "location {text:?}"
+                );
+            }
+        }
     }
 
     #[test]

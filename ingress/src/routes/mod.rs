@@ -10,6 +10,7 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, post};
 use axum::{Router, middleware};
+use shared::openapi::HttpContract;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -36,7 +37,7 @@ use crate::state::AppState;
         (name = "health", description = "Liveness and readiness"),
         (name = "operations", description = "Prometheus metrics"),
     ),
-    modifiers(&RateLimitDocs)
+    modifiers(&RateLimitDocs, &HttpContract)
 )]
 pub struct ApiDoc;
 
@@ -120,4 +121,35 @@ pub fn router(
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(shared::http::request_context))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_states_what_the_http_layer_enforces() {
+        let document = serde_json::to_value(ApiDoc::openapi()).expect("JSON");
+        assert_eq!(
+            shared::openapi::contract_violations(&document),
+            Vec::<String>::new()
+        );
+        let city = &document["paths"]["/WeatherForecast/city"]["post"];
+        let sample = &document["paths"]["/WeatherForecast"]["get"];
+        for operation in [city, sample] {
+            let headers: Vec<_> = operation["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            assert_eq!(headers, ["X-Request-Id", "Request-Timeout"]);
+            for status in ["400", "409", "429", "503", "504"] {
+                assert!(operation["responses"][status].is_object(), "{status}");
+            }
+        }
+        for status in ["408", "413", "415"] {
+            assert!(city["responses"][status].is_object(), "{status}");
+        }
+    }
 }

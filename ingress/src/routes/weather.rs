@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use crate::state::AppState;
 
-/// Header a client may send to ask for a shorter deadline than REQUEST_TIMEOUT, e.g. `5s`.
+/// Header a client may send to ask for a shorter deadline than REQUEST_TIMEOUT, e.g. `5s`
+/// (values: [`shared::openapi::REQUEST_TIMEOUT_PATTERN`]).
 pub const REQUEST_TIMEOUT_HEADER: &str = "request-timeout";
 
 /// Forecast for one city, made by a proxy.
@@ -25,8 +26,8 @@ pub const REQUEST_TIMEOUT_HEADER: &str = "request-timeout";
     tag = "weather",
     request_body(content = CityForecastRequest, content_type = "application/json"),
     params(
-        ("X-Request-Id" = Option<String>, Header, description = "Correlation id, 1-128 chars of [A-Za-z0-9._:-]; generated when absent; echoed in the response"),
-        ("Request-Timeout" = Option<String>, Header, description = "Deadline for this request, e.g. `5s` or `500ms`; capped at REQUEST_TIMEOUT (default 30s)"),
+        ("X-Request-Id" = String, Header, description = "Correlation id, 1 to 128 of `A-Z a-z 0-9 . _ : -`; generated when absent; echoed in the response header and the body's `requestId`. Another value is refused with 400 `invalid-request-id`"),
+        ("Request-Timeout" = String, Header, description = "Deadline for this request: a whole number of milliseconds (`500ms`) or seconds (`5s`, or just `5`), no leading zeros, at most ten digits; capped at REQUEST_TIMEOUT (default 30s). Another value is refused with 400 `invalid-header`"),
     ),
     responses(
         (status = 200, description = "The proxy's forecast", body = CityForecast),
@@ -68,12 +69,13 @@ pub async fn city_forecast(
     path = "/WeatherForecast",
     tag = "weather",
     params(
-        ("X-Request-Id" = Option<String>, Header, description = "Correlation id; generated when absent"),
-        ("Request-Timeout" = Option<String>, Header, description = "Deadline for this request, e.g. `5s`"),
+        ("X-Request-Id" = String, Header, description = "Correlation id, 1 to 128 of `A-Z a-z 0-9 . _ : -`; generated when absent; echoed in the response header. Another value is refused with 400 `invalid-request-id`"),
+        ("Request-Timeout" = String, Header, description = "Deadline for this request: a whole number of milliseconds (`500ms`) or seconds (`5s`, or just `5`), no leading zeros, at most ten digits; capped at REQUEST_TIMEOUT (default 30s). Another value is refused with 400 `invalid-header`"),
     ),
     responses(
         (status = 200, description = "Five days of sample forecast", body = [DailyForecast]),
-        (status = 400, description = "Invalid headers (including a malformed X-Request-Id)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid headers (a malformed X-Request-Id or Request-Timeout)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The X-Request-Id is already in flight", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The proxy replied with an error", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Not queued: overloaded, queue too long for the deadline, no proxy reading, draining, or Redis unreachable / out of memory; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "No reply before the deadline (the request may still be processed), or Redis did not confirm the write", body = Problem, content_type = "application/problem+json"),
@@ -169,7 +171,7 @@ pub(crate) fn requested_timeout(headers: &HeaderMap, max: Duration) -> Result<Du
     let text = value
         .to_str()
         .map_err(|_| bad("must be ASCII, e.g. `5s`".into()))?;
-    let timeout = shared::config::parse_positive_duration(text).map_err(bad)?;
+    let timeout = shared::openapi::parse_request_timeout(text).map_err(bad)?;
     Ok(timeout.min(max))
 }
 
@@ -201,8 +203,9 @@ mod tests {
             requested_timeout(&headers("250ms"), max).ok(),
             Some(Duration::from_millis(250))
         );
-        assert_eq!(requested_timeout(&headers("10m"), max).ok(), Some(max));
+        assert_eq!(requested_timeout(&headers("600s"), max).ok(), Some(max));
         assert!(requested_timeout(&headers("0s"), max).is_err());
+        assert!(requested_timeout(&headers("10m"), max).is_err());
         assert!(requested_timeout(&headers("soon"), max).is_err());
     }
 }

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use shared::http::{ApiPath, ApiQuery, Problem, RequestId};
 use utoipa::{IntoParams, ToSchema};
 
+use shared::openapi::RequestIdHeader;
+
 use super::ProxyState;
 use crate::dead_letter::{DeadLetter, EntryId, is_invalid_id};
 
@@ -16,8 +18,12 @@ const MAX_BATCH: u64 = 1_000;
 
 /// Paging of the list and batch size of replay-all.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Limit {
-    /// How many at most (1..=1000, default 100).
+    /// How many at most (1 to 1000, default 100); another value is refused with 400.
+    // Documented as a plain integer: `Option` would make it `["integer", "null"]`, and `null`
+    // is no value a query string can carry.
+    #[param(value_type = u64, required = false, minimum = 1, maximum = 1000, default = 100)]
     pub count: Option<u64>,
 }
 
@@ -90,9 +96,9 @@ fn not_found(id: EntryId, request_id: &RequestId) -> Problem {
 }
 
 /// Dead letters, oldest first.
-#[utoipa::path(get, path = "/api/dead-letters", tag = "dead letters", params(Limit), responses(
+#[utoipa::path(get, path = "/api/dead-letters", tag = "dead letters", params(Limit, RequestIdHeader), responses(
     (status = 200, description = "Dead letters", body = [DeadLetter]),
-    (status = 400, description = "Invalid count", body = Problem, content_type = "application/problem+json"),
+    (status = 400, description = "Invalid count or X-Request-Id", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn list(
@@ -112,10 +118,13 @@ pub async fn list(
 /// Puts one dead letter back on the request stream, with a fresh 30 s deadline. Atomic: of
 /// several concurrent replays of one id exactly one gets 200, the others 404.
 #[utoipa::path(post, path = "/api/dead-letters/{id}/replay", tag = "dead letters",
-    params(("id" = String, Path, description = "Dead-letter id from the list")),
+    params(
+        ("id" = String, Path, description = "Dead-letter id from the list: a stream entry id `<milliseconds>-<sequence>`, both whole numbers of at most 18446744073709551615, like `1700000000000-0`"),
+        RequestIdHeader,
+    ),
     responses(
         (status = 200, description = "Replayed", body = Replayed),
-        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed id or X-Request-Id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
     )
@@ -135,9 +144,9 @@ pub async fn replay_one(
 
 /// Puts up to `count` dead letters (oldest first) back on the request stream. Only those present
 /// when the call starts: one that fails again during the call is not replayed a second time.
-#[utoipa::path(post, path = "/api/dead-letters/replay", tag = "dead letters", params(Limit), responses(
+#[utoipa::path(post, path = "/api/dead-letters/replay", tag = "dead letters", params(Limit, RequestIdHeader), responses(
     (status = 200, description = "Replayed", body = Replayed),
-    (status = 400, description = "Invalid count", body = Problem, content_type = "application/problem+json"),
+    (status = 400, description = "Invalid count or X-Request-Id", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn replay_all(
@@ -156,10 +165,13 @@ pub async fn replay_all(
 
 /// Deletes one dead letter.
 #[utoipa::path(delete, path = "/api/dead-letters/{id}", tag = "dead letters",
-    params(("id" = String, Path, description = "Dead-letter id from the list")),
+    params(
+        ("id" = String, Path, description = "Dead-letter id from the list: a stream entry id `<milliseconds>-<sequence>`, both whole numbers of at most 18446744073709551615, like `1700000000000-0`"),
+        RequestIdHeader,
+    ),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed id or X-Request-Id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
     )
@@ -178,8 +190,9 @@ pub async fn delete_one(
 }
 
 /// Deletes every dead letter.
-#[utoipa::path(delete, path = "/api/dead-letters", tag = "dead letters", responses(
+#[utoipa::path(delete, path = "/api/dead-letters", tag = "dead letters", params(RequestIdHeader), responses(
     (status = 204, description = "All deleted"),
+    (status = 400, description = "Malformed X-Request-Id", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn purge(

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use shared::http::{ApiJson, Problem, RequestId};
+use shared::openapi::RequestIdHeader;
 
 use super::ProxyState;
 use crate::faults::{FailureInjection, FaultConfig, FaultConfigUpdate};
@@ -36,8 +37,9 @@ pub async fn refuse_when_disabled(
 }
 
 /// The current failure-injection settings.
-#[utoipa::path(get, path = "/api/config", tag = "failure injection", responses(
+#[utoipa::path(get, path = "/api/config", tag = "failure injection", params(RequestIdHeader), responses(
     (status = 200, description = "Current settings", body = FaultConfig),
+    (status = 400, description = "Malformed X-Request-Id", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn get_config(
     State(state): State<ProxyState>,
@@ -49,10 +51,13 @@ pub async fn get_config(
 
 /// Changes some failure-injection rates (fields left out keep their value).
 #[utoipa::path(post, path = "/api/config", tag = "failure injection",
+    params(RequestIdHeader),
     request_body(content = FaultConfigUpdate, content_type = "application/json"),
     responses(
         (status = 200, description = "The settings now in force", body = FaultConfig),
-        (status = 400, description = "A rate outside [0, 1], an unknown field or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A rate outside [0, 1], rates that would add up to more than 1, `slowResponseDelayMs` above 600000, an unknown field, malformed JSON or a malformed X-Request-Id", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within HTTP_BODY_READ_TIMEOUT after the headers", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 2 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -73,8 +78,9 @@ pub async fn update_config(
 }
 
 /// Turns every injected fault off.
-#[utoipa::path(post, path = "/api/config/reset", tag = "failure injection", responses(
+#[utoipa::path(post, path = "/api/config/reset", tag = "failure injection", params(RequestIdHeader), responses(
     (status = 200, description = "All rates back to 0", body = FaultConfig),
+    (status = 400, description = "Malformed X-Request-Id", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn reset_config(
     State(state): State<ProxyState>,

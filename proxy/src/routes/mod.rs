@@ -11,6 +11,7 @@ use std::sync::Arc;
 use axum::routing::{delete, get, post};
 use axum::{Router, middleware};
 use fred::prelude::Client;
+use shared::openapi::HttpContract;
 use shared::resilience::CircuitBreaker;
 use shared::streams::StreamStats;
 use utoipa::OpenApi;
@@ -71,9 +72,43 @@ pub struct ProxyState {
         (name = "failure injection", description = "Inject faults at run time (demos, chaos tests): all rates 0 at start; changing them needs the admin token, and FAULT_INJECTION=off refuses them"),
         (name = "dead letters", description = "Requests that could not be processed: list, replay, delete (replay and delete need the admin token)"),
     ),
-    modifiers(&BearerSecurity)
+    modifiers(&BearerSecurity, &EntryIdPattern, &HttpContract)
 )]
 pub struct ApiDoc;
+
+/// Gives the `{id}` of the dead-letter routes the exact pattern of a stream entry id
+/// ([`shared::streams::ENTRY_ID_PATTERN`]; too long to repeat in each `#[utoipa::path]`, which
+/// takes only literals).
+struct EntryIdPattern;
+
+impl utoipa::Modify for EntryIdPattern {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/api/dead-letters/{id}") {
+                continue;
+            }
+            for operation in [item.post.as_mut(), item.delete.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    if parameter.name == "id" && matches!(parameter.parameter_in, ParameterIn::Path)
+                    {
+                        parameter.schema = Some(
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .pattern(Some(shared::streams::ENTRY_ID_PATTERN))
+                                .examples([serde_json::json!("1700000000000-0")])
+                                .into(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Builds the proxy's router. The mutating admin routes sit in their own router behind one
 /// route layer, [`admin_guard::require_admin`]; the read-only routes on the same paths (GET)
@@ -113,4 +148,37 @@ pub fn router(state: ProxyState, admin: Arc<AdminGuard>) -> Router {
         .method_not_allowed_fallback(shared::http::method_not_allowed)
         .layer(middleware::from_fn(shared::http::request_context))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_states_what_the_service_enforces() {
+        let document = serde_json::to_value(ApiDoc::openapi()).expect("JSON");
+        assert_eq!(
+            shared::openapi::contract_violations(&document),
+            Vec::<String>::new()
+        );
+        let count = &document["paths"]["/api/dead-letters"]["get"]["parameters"][0];
+        assert_eq!(count["name"], "count");
+        assert_eq!(count["in"], "query");
+        assert_eq!(count["required"], false);
+        assert_eq!(count["schema"]["minimum"], 1);
+        assert_eq!(count["schema"]["maximum"], 1000);
+        let id = &document["paths"]["/api/dead-letters/{id}"]["delete"]["parameters"][0];
+        assert_eq!(id["schema"]["pattern"], shared::streams::ENTRY_ID_PATTERN);
+        let update = &document["components"]["schemas"]["FaultConfigUpdate"]["properties"];
+        assert_eq!(update["slowResponseDelayMs"]["maximum"], 600_000);
+        for rate in [
+            "processingErrorRate",
+            "crashBeforeAckRate",
+            "slowResponseRate",
+            "responseTimeoutRate",
+        ] {
+            assert_eq!(update[rate]["minimum"], 0, "{rate}");
+            assert_eq!(update[rate]["maximum"], 1, "{rate}");
+        }
+    }
 }
