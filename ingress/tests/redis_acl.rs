@@ -22,8 +22,14 @@ const INSTANCE_ID: &str = "acl-ingress";
 
 /// `<binary> --print-redis-acl` with the default settings: the one line it prints.
 async fn printed_rules(name: &str) -> String {
+    printed_rules_with(name, &[]).await
+}
+
+/// `<binary> --print-redis-acl` with only `env` set: the one line it prints.
+async fn printed_rules_with(name: &str, env: &[(&str, &str)]) -> String {
     let output = tokio::process::Command::new(binary(name))
         .env_clear()
+        .envs(env.iter().copied())
         .arg("--print-redis-acl")
         .output()
         .await
@@ -360,10 +366,31 @@ async fn the_deployment_acl_file_has_the_printed_rules_and_starts_redis_with_def
             "k8s/app/redis-users.acl is out of date: put `{service} --print-redis-acl` in it"
         );
     }
+    // The forwarding example's users (compose profile `forwarding`, k8s/examples/forwarding/).
+    for (user, service, env) in [
+        ("ingress-forwarding", "ingress", ("ROUTES", "/api=orders")),
+        ("proxy-orders", "proxy", ("QUEUE", "orders")),
+    ] {
+        assert_eq!(
+            rules_of(user),
+            printed_rules_with(service, &[env]).await,
+            "k8s/app/redis-users.acl is out of date: put `{}={} {service} --print-redis-acl` in the line of user {user}",
+            env.0,
+            env.1
+        );
+    }
 
     // Start Redis the way the deployments do: k8s/app/redis-start.sh with a password per user.
     let secrets = tempfile::tempdir().expect("temp dir");
-    for user in ["admin", "ingress", "proxy", "monitor"] {
+    let users = [
+        "admin",
+        "ingress",
+        "proxy",
+        "monitor",
+        "ingress-forwarding",
+        "proxy-orders",
+    ];
+    for user in users {
         std::fs::write(
             secrets.path().join(format!("{user}-password")),
             format!("{user}-pw\n"),
@@ -408,9 +435,15 @@ async fn the_deployment_acl_file_has_the_printed_rules_and_starts_redis_with_def
     };
     let length: u64 = monitor.xlen(REQUEST_STREAM).await.expect("monitor XLEN");
     assert_eq!(length, 0);
+    // KEDA scales the forwarding example's proxy on its queue's stream.
+    let length: u64 = monitor
+        .xlen("orders-requests")
+        .await
+        .expect("monitor XLEN of the orders queue");
+    assert_eq!(length, 0);
     let denied = refusal(&monitor, &["XADD", REQUEST_STREAM, "*", "a", "b"]).await;
     assert!(denied.starts_with("NOPERM"), "{denied}");
-    for user in ["admin", "ingress", "proxy"] {
+    for user in users.into_iter().filter(|user| *user != "monitor") {
         login(user)
             .await
             .unwrap_or_else(|err| panic!("{user} cannot log in: {err}"));

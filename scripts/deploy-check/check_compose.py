@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
 """Checks of compose.yaml and the Dockerfiles beyond what `docker compose config` validates.
 
-  check_compose.py REPO COMPOSE_CONFIG.json
+  check_compose.py REPO COMPOSE_CONFIG.json [FORWARDING_CONFIG.json]
 
 COMPOSE_CONFIG.json is `docker compose config --format json` (anchors, merges and defaults
-resolved, schema already checked). This adds:
+resolved, schema already checked); FORWARDING_CONFIG.json the same with `--profile forwarding`.
+This adds:
   compose     bind-mounted files exist (Docker would silently create a directory instead),
               proxy runs 2 replicas without a fixed host port, stop_grace_period exceeds
               DRAIN_TIMEOUT, services wait for a healthy Redis, Prometheus gets the shared
-              monitoring files.
+              monitoring files. Without the profile no service forwards (no ROUTES, no
+              QUEUE). With it: every service that logs in to Redis passes the same checks as
+              ingress and proxy, its ACL user has a line in k8s/app/redis-users.acl that
+              grants the streams of its queues and a password secret given to Redis; each
+              ROUTES queue has a proxy with that QUEUE and an UPSTREAM_URL naming a compose
+              service with a healthcheck; Prometheus discovers every such service.
   Dockerfiles every Cargo workspace member's manifest is copied into the dependency stage
               (from `cargo metadata`, when cargo is available), the dependency stage is
               byte-identical in both files (shared layer cache), non-root numeric USER,
@@ -27,6 +33,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 
 def seconds(value) -> float:
@@ -63,19 +71,12 @@ def check_compose(repo: Path, cfg: dict, errors: list[str]) -> int:
     expect(any(str(p.get("published")) == "5009" and p.get("target") == 5009 for p in ingress.get("ports", [])),
            "ingress must publish 5009:5009")
     for name in ("ingress", "proxy"):
-        svc = services.get(name, {})
-        env = svc.get("environment", {})
-        drain = seconds(env.get("DRAIN_TIMEOUT", "25s"))
-        grace = seconds(svc.get("stop_grace_period", "10s"))
-        expect(grace > drain, f"{name}: stop_grace_period {grace}s must exceed DRAIN_TIMEOUT {drain}s")
-        expect(svc.get("depends_on", {}).get("redis", {}).get("condition") == "service_healthy",
-               f"{name}: must depend on redis with condition service_healthy")
-        expect(svc.get("read_only") is True, f"{name}: read_only root filesystem expected")
-        expect("ALL" in (svc.get("cap_drop") or []), f"{name}: cap_drop ALL expected")
+        check_service(name, services.get(name, {}), expect)
+        env = services.get(name, {}).get("environment", {})
         expect(env.get("REDIS_URL", "").startswith(f"redis://{name}@redis:"),
                f"{name}: REDIS_URL should point at the redis service as ACL user {name} (redis://{name}@redis:6379)")
-        expect(env.get("REDIS_PASSWORD_FILE", "").startswith("/run/secrets/"),
-               f"{name}: REDIS_PASSWORD_FILE should name a secret file (/run/secrets/...)")
+        expect(not {"ROUTES", "ROUTES_FILE", "QUEUE", "UPSTREAM_URL"} & set(env),
+               f"{name}: the default stack serves the weather demo only (forwarding is the `forwarding` profile)")
     redis = services.get("redis", {})
     expect("--appendonly" in (redis.get("command") or []), "redis must run with --appendonly yes")
     expect("redis-start.sh" in " ".join(redis.get("entrypoint") or []),
@@ -92,6 +93,91 @@ def check_compose(repo: Path, cfg: dict, errors: list[str]) -> int:
     for f in ("k8s/monitoring/alerts.yml", "k8s/monitoring/dashboard.json", "k8s/monitoring/grafana/datasource.yml",
               "k8s/monitoring/grafana/dashboards.yml", "k8s/monitoring/prometheus-compose.yml"):
         expect(str((repo / f).resolve()) in sources, f"{f} is not mounted (single source of truth)")
+    return checked
+
+
+def check_service(name: str, svc: dict, expect) -> None:
+    """What every broker service (one that logs in to Redis) must have."""
+    env = svc.get("environment", {})
+    drain = seconds(env.get("DRAIN_TIMEOUT", "25s"))
+    grace = seconds(svc.get("stop_grace_period", "10s"))
+    expect(grace > drain, f"{name}: stop_grace_period {grace}s must exceed DRAIN_TIMEOUT {drain}s")
+    expect(svc.get("depends_on", {}).get("redis", {}).get("condition") == "service_healthy",
+           f"{name}: must depend on redis with condition service_healthy")
+    expect(svc.get("read_only") is True, f"{name}: read_only root filesystem expected")
+    expect("ALL" in (svc.get("cap_drop") or []), f"{name}: cap_drop ALL expected")
+    expect(env.get("REDIS_PASSWORD_FILE", "").startswith("/run/secrets/"),
+           f"{name}: REDIS_PASSWORD_FILE should name a secret file (/run/secrets/...)")
+
+
+def acl_users(repo: Path) -> dict[str, str]:
+    """User name -> rules, from k8s/app/redis-users.acl."""
+    users = {}
+    for line in (repo / "k8s/app/redis-users.acl").read_text().splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2 and parts[0] == "user":
+            users[parts[1]] = parts[2] if len(parts) > 2 else ""
+    return users
+
+
+def check_forwarding(repo: Path, cfg: dict, errors: list[str]) -> int:
+    """The `forwarding` profile (cfg: `docker compose --profile forwarding config`)."""
+    checked = 0
+
+    def expect(cond, msg):
+        nonlocal checked
+        checked += 1
+        if not cond:
+            errors.append(f"compose.yaml (--profile forwarding): {msg}")
+
+    services = cfg.get("services", {})
+    users = acl_users(repo)
+    redis_secrets = {s.get("target") for s in services.get("redis", {}).get("secrets", [])}
+    prom_conf = yaml.safe_load((repo / "k8s/monitoring/prometheus-compose.yml").read_text())
+    discovered = {n for job in prom_conf.get("scrape_configs", []) for sd in job.get("dns_sd_configs", [])
+                  for n in sd.get("names", [])}
+    queues_served = {}
+    routed = set()
+    for name, svc in services.items():
+        env = svc.get("environment", {})
+        url = env.get("REDIS_URL", "")
+        if not url:
+            continue
+        check_service(name, svc, expect)
+        m = re.match(r"redis://([^:@/]+)@redis:", url)
+        expect(m is not None, f"{name}: REDIS_URL should be redis://<ACL user>@redis:6379")
+        user = m.group(1) if m else ""
+        expect(user in users, f"{name}: ACL user {user!r} has no line in k8s/app/redis-users.acl")
+        expect(f"{user}-password" in redis_secrets,
+               f"{name}: redis gets no secret {user}-password, so redis-start.sh cannot create user {user}")
+        expect(name in discovered, f"{name}: k8s/monitoring/prometheus-compose.yml does not discover it")
+        rules = users.get(user, "").split()
+        queues = []
+        if "QUEUE" in env:
+            queue = env["QUEUE"]
+            queues.append(queue)
+            queues_served[queue] = name
+            expect("REQUEST_STREAM" not in env, f"{name}: QUEUE and REQUEST_STREAM together are refused")
+            upstream = re.match(r"https?://([^:/]+)", env.get("UPSTREAM_URL", ""))
+            expect(upstream is not None, f"{name}: QUEUE without an http:// UPSTREAM_URL")
+            host = upstream.group(1) if upstream else ""
+            expect(host in services, f"{name}: UPSTREAM_URL host {host!r} is no compose service")
+            expect("healthcheck" in services.get(host, {}),
+                   f"{name}: the upstream service {host!r} needs a healthcheck")
+            expect(svc.get("depends_on", {}).get(host, {}).get("condition") == "service_healthy",
+                   f"{name}: must depend on its upstream {host!r} with condition service_healthy")
+        for pair in filter(None, env.get("ROUTES", "").split(",")):
+            queue = pair.partition("=")[2].strip()
+            queues.append(queue)
+            routed.add(queue)
+        for queue in queues:
+            expect(f"~{queue}-requests" in rules,
+                   f"{name}: ACL user {user} is not granted ~{queue}-requests (print the rules with --print-redis-acl)")
+    expect(bool(routed), "no service has ROUTES")
+    for queue in sorted(routed):
+        expect(queue in queues_served, f"ROUTES send queue {queue!r} to a stream no proxy (QUEUE={queue}) reads")
+    ports = [str(p.get("published")) for s in services.values() for p in s.get("ports", []) if p.get("published")]
+    expect(len(ports) == len(set(ports)), f"two services publish the same host port: {sorted(ports)}")
     return checked
 
 
@@ -240,6 +326,10 @@ def main() -> int:
     n1 = check_compose(repo, cfg, errors)
     n2, note = check_dockerfiles(repo, cfg, errors)
     print(f"  compose: {len(cfg.get('services', {}))} services, {n1} checks; Dockerfiles: {n2} checks")
+    if len(sys.argv) > 3:
+        fwd = json.loads(Path(sys.argv[3]).read_text())
+        n3 = check_forwarding(repo, fwd, errors)
+        print(f"  compose --profile forwarding: {len(fwd.get('services', {}))} services, {n3} checks")
     if note:
         print(f"  NOTE {note}")
     for e in errors:

@@ -57,10 +57,17 @@ def cmd_targets(prom: str, expected_path: str) -> int:
     with urllib.request.urlopen(f"{prom}/api/v1/targets", timeout=10) as r:
         data = json.load(r)["data"]
     problems = []
-    for job, want in expected.items():
+    for job in sorted({want["job"] for want in expected.values()}):
         active = [t for t in data["activeTargets"] if t["labels"].get("job") == job]
+        wanted = sorted(p for p, want in expected.items() if want["job"] == job)
+        if len(active) != len(wanted):
+            problems.append(f"job {job}: {len(active)} active targets, expected exactly {len(wanted)}"
+                            f" ({', '.join(wanted)}; the decoys must be dropped)")
+    for pod, want in expected.items():
+        job = want["job"]
+        active = [t for t in data["activeTargets"] if t["labels"].get("job") == job and t["labels"].get("pod") == pod]
         if len(active) != 1:
-            problems.append(f"job {job}: {len(active)} active targets, expected exactly 1 (the decoys must be dropped)")
+            problems.append(f"job {job}: no active target for pod {pod}")
             continue
         t = active[0]
         for k in ("instance", "pod", "namespace"):

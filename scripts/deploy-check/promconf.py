@@ -10,13 +10,14 @@ kubernetes_sd blocks themselves are checked here, structurally.
       OUT_DIR/prometheus.yml for `promtool check config` (rule_files made absolute; the
       file_sd targets file is empty).
 
-  promconf.py live K8S_CONFIG OUT_DIR --target JOB=PORT ... [--interval 1s] [--self-port N]
+  promconf.py live K8S_CONFIG OUT_DIR --target JOB[/APP]=PORT ... [--interval 1s] [--self-port N]
       OUT_DIR/prometheus.yml for the live check: the file_sd targets file holds one fake "pod"
-      per JOB=PORT (app label JOB, annotations prometheus.io/scrape=true and
+      per JOB[/APP]=PORT (pod APP-live-0 with app label APP, default JOB, which the relabel
+      rules must assign to job JOB; annotations prometheus.io/scrape=true and
       prometheus.io/port=PORT, container port named http, address 127.0.0.1:9) plus decoys
       that the relabel rules must drop. So the real relabel rules are exercised: a target is
       only scraped if they keep it and rewrite its address to 127.0.0.1:PORT. Also writes
-      OUT_DIR/expected-targets.json (job -> expected labels) for the live check to compare.
+      OUT_DIR/expected-targets.json (pod -> expected labels and job) for the live check.
 """
 
 from __future__ import annotations
@@ -105,17 +106,19 @@ def main() -> int:
     groups, expected = [], {}
     if args.mode == "live":
         for spec in args.target:
-            job, port = spec.split("=", 1)
-            pod = f"{job}-live-0"
-            groups.append(fake_pod(job, pod, port))
-            expected[job] = {"instance": pod, "pod": pod, "namespace": NAMESPACE, "job": job,
+            names, port = spec.split("=", 1)
+            job, _, app = names.partition("/")
+            app = app or job
+            pod = f"{app}-live-0"
+            groups.append(fake_pod(app, pod, port))
+            expected[pod] = {"instance": pod, "pod": pod, "namespace": NAMESPACE, "job": job,
                              "scrapeUrl": f"http://127.0.0.1:{port}/metrics"}
             # Decoys: each must be dropped by the relabel rules.
-            groups.append(fake_pod(job, f"{job}-decoy-not-annotated", port,
+            groups.append(fake_pod(app, f"{app}-decoy-not-annotated", port,
                                    __meta_kubernetes_pod_annotation_prometheus_io_scrape="false"))
-            groups.append(fake_pod(job, f"{job}-decoy-other-port", port,
+            groups.append(fake_pod(app, f"{app}-decoy-other-port", port,
                                    __meta_kubernetes_pod_container_port_name="debug"))
-            groups.append(fake_pod(job, f"{job}-decoy-finished", port,
+            groups.append(fake_pod(app, f"{app}-decoy-finished", port,
                                    __meta_kubernetes_pod_phase="Succeeded"))
         groups.append(fake_pod("redis", "redis-0", "6379"))
     targets_file.write_text(json.dumps(groups, indent=1))

@@ -8,7 +8,14 @@
    models silently ignore extra fields, so anything they drop is reported).
 2. Consistency: every name an object refers to (ConfigMaps, Secrets, ServiceAccounts,
    Services, autoscaler targets, selectors, named ports) exists in the same render.
-3. Policy: the hardening, probes and shutdown timing that issue #5 asks for.
+3. Policy: the hardening, probes and shutdown timing that issue #5 asks for (for ingress,
+   proxy and every forwarding proxy `proxy-<queue>`).
+4. Forwarding and Redis users: every service logs in as an ACL user that the rendered
+   redis-users.acl defines, granted the streams of its queues, with its password key in
+   Secret redis-auth; each ROUTES queue has a proxy with that QUEUE (and no REQUEST_STREAM)
+   whose UPSTREAM_URL names a Service of the render when it is in the render's namespaces;
+   each redis-streams ScaledObject watches the stream its target reads, readable by the KEDA
+   user.
 
 Usage: validate_k8s.py RENDERED.yaml [--k8s-version 1.30.0 ...] [--label NAME]
                       [--external-secret NAME ...]   (Secrets created outside the render)
@@ -277,7 +284,7 @@ def check_policy(objs: list[dict], errors: list[str]) -> int:
                    f"{cw}: third-party image {image} must be pinned to a version tag")
 
         name = o["metadata"]["name"]
-        if name not in APP_SERVICES or ns != APP_NAMESPACE:
+        if not is_app_service(name) or ns != APP_NAMESPACE:
             continue
         c = spec["containers"][0]
         env = c.get("env", [])
@@ -313,6 +320,105 @@ def check_policy(objs: list[dict], errors: list[str]) -> int:
         if name == "ingress":
             expect(any(e["name"] == "INSTANCE_ID" and e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
                        == "metadata.name" for e in env), f"{who}: INSTANCE_ID must come from metadata.name")
+    return checked
+
+
+def is_app_service(name: str) -> bool:
+    """ingress, proxy, and forwarding proxies named proxy-<queue> (k8s/examples/forwarding/)."""
+    return name in APP_SERVICES or name.startswith("proxy-")
+
+
+def resolved_env(objs: list[dict], ns: str, c: dict) -> dict[str, str]:
+    """A container's environment: its envFrom ConfigMaps, then its env values on top."""
+    out: dict[str, str] = {}
+    for src in c.get("envFrom", []):
+        ref = src.get("configMapRef", {}).get("name")
+        for o in objs:
+            if o["kind"] == "ConfigMap" and o["metadata"]["name"] == ref and o["metadata"].get("namespace", "") == ns:
+                out.update(o.get("data", {}))
+    for e in c.get("env", []):
+        if "value" in e:
+            out[e["name"]] = e["value"]
+    return out
+
+
+def check_forwarding(objs: list[dict], errors: list[str]) -> int:
+    checked = 0
+
+    def expect(cond, msg):
+        nonlocal checked
+        checked += 1
+        if not cond:
+            errors.append(msg)
+
+    acl_map = next((o.get("data", {}) for o in objs if o["kind"] == "ConfigMap"
+                    and o["metadata"]["name"].startswith("redis-acl")), {})
+    users = {}
+    for line in acl_map.get("redis-users.acl", "").splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2 and parts[0] == "user":
+            users[parts[1]] = (parts[2] if len(parts) > 2 else "").split()
+    secret = next((o for o in objs if o["kind"] == "Secret" and o["metadata"]["name"] == "redis-auth"), {})
+    secret_keys = set(secret.get("data", {})) | set(secret.get("stringData", {}))
+    namespaces = {o["metadata"]["name"] for o in objs if o["kind"] == "Namespace"}
+    services = {(o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in objs if o["kind"] == "Service"}
+    served: dict[str, str] = {}   # queue -> workload
+    streams_of: dict[str, str] = {}   # workload -> request stream
+    routed: list[tuple[str, str]] = []
+    for o in objs:
+        spec = pod_spec(o)
+        name, ns = o["metadata"]["name"], o["metadata"].get("namespace", "")
+        if spec is None or ns != APP_NAMESPACE or not is_app_service(name):
+            continue
+        who = ident(o)
+        c = spec["containers"][0]
+        env = resolved_env(objs, ns, c)
+        m = re.match(r"rediss?://([^:/@]+)@", env.get("REDIS_URL", ""))
+        user = m.group(1) if m else ""
+        expect(user in users, f"{who}: Redis ACL user {user!r} has no line in redis-users.acl")
+        items = [i["key"] for v in spec.get("volumes", []) if v.get("secret", {}).get("secretName") == "redis-auth"
+                 for i in v["secret"].get("items", [])]
+        expect(items == [f"{user}-password"], f"{who}: mounts {items} of Secret redis-auth, expected [{user}-password]")
+        expect(f"{user}-password" in secret_keys, f"{who}: Secret redis-auth has no key {user}-password")
+        queues = []
+        if "QUEUE" in env:
+            queue = env["QUEUE"]
+            queues.append(queue)
+            served[queue] = name
+            streams_of[name] = f"{queue}-requests"
+            expect("REQUEST_STREAM" not in env, f"{who}: QUEUE and REQUEST_STREAM together are refused (envFrom included)")
+            expect(not env.get("DEAD_LETTER_STREAM", f"{queue}-requests:dlq").startswith("weather-"),
+                   f"{who}: DEAD_LETTER_STREAM of queue {queue} is the weather one")
+            up = re.match(r"https?://([^:/]+)", env.get("UPSTREAM_URL", ""))
+            expect(up is not None, f"{who}: QUEUE without an http:// UPSTREAM_URL")
+            if up:
+                host = up.group(1).split(".")
+                svc_ns = host[1] if len(host) > 1 else ns
+                if svc_ns in namespaces:
+                    expect((svc_ns, host[0]) in services, f"{who}: UPSTREAM_URL names Service {svc_ns}/{host[0]}, not in the render")
+        else:
+            streams_of[name] = env.get("REQUEST_STREAM", "weather-requests")
+        for pair in filter(None, env.get("ROUTES", "").split(",")):
+            queue = pair.partition("=")[2].strip()
+            queues.append(queue)
+            routed.append((who, queue))
+        for queue in queues:
+            expect(f"~{queue}-requests" in users.get(user, []),
+                   f"{who}: ACL user {user} is not granted ~{queue}-requests (--print-redis-acl with this configuration)")
+    for who, queue in routed:
+        expect(queue in served, f"{who}: ROUTES queue {queue!r} has no proxy with QUEUE={queue}")
+    monitor = users.get("monitor", [])
+    for o in objs:
+        if o["kind"] != "ScaledObject":
+            continue
+        target = o["spec"]["scaleTargetRef"]["name"]
+        for trig in o["spec"].get("triggers", []):
+            if trig.get("type") != "redis-streams" or target not in streams_of:
+                continue
+            stream = trig.get("metadata", {}).get("stream")
+            expect(stream == streams_of[target], f"{ident(o)}: watches {stream}, but {target} reads {streams_of[target]}")
+            expect(f"%R~{stream}" in monitor or f"~{stream}" in monitor,
+                   f"{ident(o)}: ACL user monitor (KEDA) may not read {stream}")
     return checked
 
 
@@ -386,7 +492,7 @@ def main() -> int:
             check_builtin_schema(obj, versions, errors)
             builtin += 1
     refs = check_references(objs, errors, tuple(args.external_secret))
-    policies = check_policy(objs, errors)
+    policies = check_policy(objs, errors) + check_forwarding(objs, errors)
 
     summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
     print(f"  {label}: {len(objs)} objects ({summary})")
