@@ -484,7 +484,7 @@ async fn a_request_whose_proxy_is_killed_reaches_the_upstream_again_with_attempt
     ];
     stack.add_proxy(&proxy_env).await;
     let http = stack.http.clone();
-    let url = format!("{}/api/slow?ms=1500", stack.ingress().url);
+    let url = format!("{}/api/slow?ms=5000", stack.ingress().url);
     let call = tokio::spawn(async move {
         let response = http
             .get(url)
@@ -508,7 +508,7 @@ async fn a_request_whose_proxy_is_killed_reaches_the_upstream_again_with_attempt
     stack.add_proxy(&proxy_env).await;
     let (status, body) = call.await.expect("task").expect("response");
     assert_eq!(status, 200);
-    assert_eq!(body, "slept 1500 ms");
+    assert_eq!(body, "slept 5000 ms");
     let attempts = upstream_stats(&upstream).await["attempts"]["killed-1"].clone();
     assert_eq!(
         attempts,
