@@ -93,6 +93,9 @@ pub struct Call<'a> {
     pub traceparent: Option<String>,
     /// Method, path and headers of a forwarded request.
     pub http: Option<shared::protocol::HttpRequestHead>,
+    /// Held until the request is in Redis (or refused), then dropped: e.g. the forwarded
+    /// body's share of FORWARD_BUFFER_BYTES.
+    pub hold: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// Unique reply tokens for this process: a random prefix drawn at start (so a restarted
@@ -494,6 +497,7 @@ impl StreamClient {
         // waiting for the reply must not keep it in memory.
         drop(fields);
         drop(entry);
+        drop(call.hold);
         let connection_lost = async {
             match unconfirmed {
                 Some(_) => self.connection.down_for(UNCONFIRMED_GRACE).await,

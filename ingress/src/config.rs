@@ -138,6 +138,15 @@ impl IngressConfig {
         };
         routes.extend(crate::forwarding::parse_routes_env(&self.routes)?);
         crate::forwarding::validate(&routes)?;
+        if let Some(route) = routes
+            .iter()
+            .find(|route| route.max_body_bytes as u64 > self.forward_buffer_bytes)
+        {
+            return Err(format!(
+                "route `{}`: max_body_bytes ({}) is larger than FORWARD_BUFFER_BYTES ({}), so such a body could never be taken; lower it or raise FORWARD_BUFFER_BYTES",
+                route.prefix, route.max_body_bytes, self.forward_buffer_bytes
+            ));
+        }
         Ok(routes)
     }
 

@@ -519,15 +519,17 @@ async fn a_request_whose_proxy_is_killed_reaches_the_upstream_again_with_attempt
 
 #[test]
 fn bad_route_settings_stop_the_ingress_with_a_clear_message() {
-    for (routes, expected) in [
-        ("/metrics=x", "overlaps"),
-        ("/api", "PREFIX=QUEUE"),
-        ("/api=bad queue", "queue name"),
-        ("/api=a,/api=b", "twice"),
+    for (routes, buffer, expected) in [
+        ("/metrics=x", "67108864", "overlaps"),
+        ("/api", "67108864", "PREFIX=QUEUE"),
+        ("/api=bad queue", "67108864", "queue name"),
+        ("/api=a,/api=b", "67108864", "twice"),
+        ("/api=a", "4096", "FORWARD_BUFFER_BYTES"),
     ] {
         let output = std::process::Command::new(testkit::binary("ingress"))
             .env_clear()
             .env("ROUTES", routes)
+            .env("FORWARD_BUFFER_BYTES", buffer)
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env(
                 "REDIS_URL",
@@ -542,41 +544,130 @@ fn bad_route_settings_stop_the_ingress_with_a_clear_message() {
 }
 
 #[tokio::test]
-async fn bodies_beyond_the_buffer_budget_are_refused_before_they_are_read() {
+async fn the_body_budget_holds_only_bodies_being_read_and_bodyless_requests_take_none() {
+    let upstream = Service::start("echo-upstream", &[]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("routes.toml");
+    std::fs::write(
+        &file,
+        "[[route]]\nprefix = \"/api\"\nqueue = \"orders\"\nmax_body_bytes = 10000\n",
+    )
+    .expect("write routes file");
+    let mut stack = Stack::start(StackOptions {
+        proxies: 0,
+        ingress_env: vec![
+            ("ROUTES_FILE", file.display().to_string()),
+            ("FORWARD_BUFFER_BYTES", "16384".to_string()),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    stack
+        .add_proxy(&[
+            ("QUEUE", "orders".into()),
+            ("UPSTREAM_URL", upstream.url.clone()),
+        ])
+        .await;
+    let ingress = stack.ingress().url.clone();
+
+    // A body being read holds its declared size: another that would pass the budget is
+    // refused at once with 503 overloaded (not queued); once the first is in, it passes.
+    let mut slow_body = testkit::raw_http::connect(&ingress).await;
+    testkit::raw_http::send(
+        &mut slow_body,
+        b"POST /api/echo/held HTTP/1.1\r\nHost: test\r\nContent-Length: 9000\r\n\r\nstart",
+    )
+    .await;
+    let url = format!("{ingress}/api/echo/second");
+    wait_until(
+        "a second body to be refused while the first is read",
+        Duration::from_secs(15),
+        || async {
+            let response = stack
+                .http
+                .post(&url)
+                .body(vec![1u8; 9000])
+                .send()
+                .await
+                .expect("POST");
+            if response.status() != 503 {
+                return false;
+            }
+            let problem = assert_problem(response, 503).await;
+            problem["type"] == "urn:problem:broker:overloaded"
+        },
+    )
+    .await;
+    testkit::raw_http::send(&mut slow_body, &vec![b'x'; 8995]).await;
+    let held = testkit::raw_http::read_response(&mut slow_body, Duration::from_secs(15)).await;
+    assert_eq!(held.status, 200, "{}", held.head);
+    let response = stack
+        .http
+        .post(&url)
+        .body(vec![1u8; 9000])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+    // Requests without a body reserve nothing, and a queued request holds nothing: three slow
+    // GETs in flight at once with a budget smaller than two route limits.
+    let gets: Vec<_> = (0..3)
+        .map(|_| {
+            let http = stack.http.clone();
+            let url = format!("{ingress}/api/slow?ms=1000");
+            tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    for get in gets {
+        assert_eq!(get.await.expect("task").expect("GET"), 200);
+    }
+
+    let _ = upstream;
+}
+
+#[tokio::test]
+async fn dot_segments_and_slow_bodies_get_clear_errors() {
     let (stack, upstream) = forwarding_stack(
         vec![
             ("ROUTES", "/api=orders".to_string()),
-            ("FORWARD_BUFFER_BYTES", "8192".to_string()),
+            ("HTTP_BODY_READ_TIMEOUT", "1s".to_string()),
         ],
         vec![],
     )
     .await;
-    let url = format!("{}/api/echo/x", stack.ingress().url);
-    let response = stack
-        .http
-        .post(&url)
-        .body(vec![7u8; 6000])
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(
-        response.status(),
-        200,
-        "a body within the budget is forwarded"
-    );
-    let before = upstream_stats(&upstream).await["requests"].as_u64();
-    let response = stack
-        .http
-        .post(&url)
-        .body(vec![7u8; 20_000])
-        .send()
-        .await
-        .expect("POST");
-    let problem = assert_problem(response, 503).await;
-    assert_eq!(problem["type"], "urn:problem:broker:overloaded");
+    let ingress = stack.ingress().url.clone();
+    for path in [
+        "/api/x/../admin",
+        "/api/%2e%2e/admin",
+        "/api/./x",
+        "/api/x/.%2E",
+    ] {
+        let mut socket = testkit::raw_http::connect(&ingress).await;
+        testkit::raw_http::send(&mut socket, &testkit::raw_http::get(path)).await;
+        let response = testkit::raw_http::read_response(&mut socket, Duration::from_secs(10)).await;
+        assert_eq!(response.status, 400, "{path}: {}", response.head);
+        assert!(
+            response.text().contains("invalid-path"),
+            "{path}: {}",
+            response.text()
+        );
+    }
     assert_eq!(
         upstream_stats(&upstream).await["requests"].as_u64(),
-        before,
-        "nothing was forwarded"
+        Some(0)
+    );
+
+    let mut socket = testkit::raw_http::connect(&ingress).await;
+    testkit::raw_http::send(
+        &mut socket,
+        b"POST /api/echo/x HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .await;
+    let response = testkit::raw_http::read_response(&mut socket, Duration::from_secs(15)).await;
+    assert_eq!(response.status, 408, "{}", response.head);
+    assert!(
+        response.text().contains("body-timeout"),
+        "{}",
+        response.text()
     );
 }

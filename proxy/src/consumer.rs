@@ -414,6 +414,18 @@ async fn keep_alive(
     }
 }
 
+/// Takes an entry out of the keep-alive set when dropped.
+struct InFlight<'a> {
+    terminal: &'a Terminal,
+    entry_id: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.terminal.in_flight().remove(&self.entry_id);
+    }
+}
+
 impl Terminal {
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         // Single inserts and removes cannot leave the set inconsistent.
@@ -425,9 +437,13 @@ impl Terminal {
         self.stats.busy.fetch_add(1, Ordering::AcqRel);
         metrics::gauge!("proxy_terminals_busy").increment(1.0);
         self.in_flight().insert(work.entry.id.clone());
-        let entry_id = work.entry.id.clone();
+        // Removed from the keep-alive set however handling ends, a panicking handler included:
+        // an entry left there would be kept alive for ever and never reclaimed.
+        let _in_flight = InFlight {
+            terminal: self,
+            entry_id: work.entry.id.clone(),
+        };
         let outcome = self.handle_inner(work).await;
-        self.in_flight().remove(&entry_id);
         self.stats.busy.fetch_sub(1, Ordering::AcqRel);
         self.stats.handled.fetch_add(1, Ordering::AcqRel);
         metrics::gauge!("proxy_terminals_busy").decrement(1.0);

@@ -202,6 +202,19 @@ impl Forwarder {
             }
         };
         let (parts, body) = response.into_parts();
+        // A final answer only: a 101 (the Upgrade header is not passed) or a code past 599
+        // would be a broken response at the client.
+        if !(200..=599).contains(&parts.status.as_u16()) {
+            self.record("unavailable", started);
+            return Err(HandlerError::Failed {
+                code: "upstream_invalid_response",
+                message: format!(
+                    "the upstream {} answered status {}, which cannot be passed on",
+                    self.upstream(),
+                    parts.status.as_u16()
+                ),
+            });
+        }
         let too_large = || {
             self.record("too_large", started);
             HandlerError::Failed {

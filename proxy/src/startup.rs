@@ -59,7 +59,15 @@ impl Application {
                 )
                 .context("invalid UPSTREAM_URL")?,
             ),
-            None => Arc::new(Weather::new(config.processing_delay_ms)),
+            None => {
+                if let Some(queue) = &config.queue {
+                    tracing::warn!(
+                        queue,
+                        "QUEUE is set without UPSTREAM_URL: this proxy serves the weather demo on that queue and dead-letters forwarded requests; set UPSTREAM_URL to forward them"
+                    );
+                }
+                Arc::new(Weather::new(config.processing_delay_ms))
+            }
         };
         Self::build_with_handler(config, handler).await
     }

@@ -86,6 +86,7 @@ pub async fn handle(
         {
             return Err(method_not_allowed(config, &parts.method));
         }
+        check_path(&parts.uri)?;
         let cap = config.timeout.unwrap_or(state.request_timeout);
         let timeout = requested_timeout(&parts.headers, cap)?;
         // Admitted before the body is read: a refused request costs no memory.
@@ -97,16 +98,31 @@ pub async fn handle(
         if declared.is_some_and(|len| len > config.max_body_bytes as u64) {
             return Err(body_too_large(config));
         }
-        let reserve = declared.unwrap_or(config.max_body_bytes as u64);
-        let _buffer = route
-            .buffer
-            .clone()
-            .try_acquire_many_owned(kib(reserve))
-            .map_err(|_| buffer_full())?;
+        // What the body will take: its declared or known length (0 for a GET without a
+        // body), else (chunked) the route's limit; given back down to its real size once read,
+        // and wholly once the request is in Redis.
+        let known = declared.or_else(|| axum::body::HttpBody::size_hint(&body).exact());
+        let reserve = known.unwrap_or(config.max_body_bytes as u64);
+        let mut buffer = match reserve {
+            0 => None,
+            _ => Some(
+                route
+                    .buffer
+                    .clone()
+                    .try_acquire_many_owned(kib(reserve))
+                    .map_err(|_| buffer_full())?,
+            ),
+        };
         let body = match axum::body::to_bytes(body, config.max_body_bytes).await {
             Ok(body) => body,
             Err(err) => return Err(body_error(config, err)),
         };
+        if let Some(permit) = buffer.as_mut() {
+            let excess = permit
+                .num_permits()
+                .saturating_sub(kib(body.len() as u64) as usize);
+            drop(permit.split(excess));
+        }
         let path = parts
             .uri
             .path_and_query()
@@ -135,6 +151,7 @@ pub async fn handle(
                 timeout,
                 traceparent: traceparent(&parts.headers),
                 http: Some(head),
+                hold: buffer.map(|permit| Box::new(permit) as Box<dyn std::any::Any + Send>),
             })
             .await
             .inspect_err(count_refusal)?;
@@ -285,6 +302,16 @@ fn method_not_allowed(route: &RouteConfig, method: &axum::http::Method) -> ApiEr
 }
 
 fn body_error(route: &RouteConfig, err: axum::Error) -> ApiError {
+    if let Some(timeout) = shared::server::body_read_timeout_in(&err) {
+        return ApiError::Status {
+            problem: Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request body too slow",
+                format!("{timeout}; send the whole body right after the headers"),
+            ),
+        };
+    }
     let too_large = std::error::Error::source(&err)
         .is_some_and(|source| source.is::<http_body_util::LengthLimitError>())
         || err.to_string().contains("length limit");
@@ -300,6 +327,27 @@ fn body_error(route: &RouteConfig, err: axum::Error) -> ApiError {
             ),
         }
     }
+}
+
+/// Refuses `.` and `..` path segments, plain or percent-encoded: passed on, they would let a
+/// client step out of the route's prefix (or the upstream's base path) on an upstream that
+/// resolves them.
+fn check_path(uri: &axum::http::Uri) -> Result<(), ApiError> {
+    let dot_segment = uri.path().split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    });
+    if dot_segment {
+        return Err(ApiError::Status {
+            problem: Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-path",
+                "Path with dot segments",
+                "the path contains a `.` or `..` segment (plain or percent-encoded), which could step out of the route; send the resolved path",
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn body_too_large(route: &RouteConfig) -> ApiError {

@@ -117,6 +117,7 @@ async fn forward(
             timeout,
             traceparent: traceparent(headers),
             http: None,
+            hold: None,
         })
         .await
         .inspect_err(count_refusal)?;
