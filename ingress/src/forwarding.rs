@@ -20,6 +20,9 @@ const BUILT_IN: &[&str] = &[
     "/api-docs",
 ];
 
+/// Longest route timeout accepted: a request's deadline must stay a sane instant.
+const MAX_ROUTE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Default request body limit of a forwarded route.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -120,10 +123,10 @@ pub fn read_routes_file(path: &Path) -> Result<Vec<RouteConfig>, String> {
                 .map(|t| {
                     humantime::parse_duration(&t)
                         .ok()
-                        .filter(|d| !d.is_zero())
+                        .filter(|d| !d.is_zero() && *d <= MAX_ROUTE_TIMEOUT)
                         .ok_or_else(|| {
                             format!(
-                                "ROUTES_FILE {}: route {}: timeout `{t}` is not a duration like `10s`",
+                                "ROUTES_FILE {}: route {}: timeout `{t}` is not a duration like `10s` of at most 1 day",
                                 path.display(),
                                 route.prefix
                             )

@@ -17,6 +17,9 @@ async fn forwarding_stack(
     proxy_env: Vec<(&'static str, String)>,
 ) -> (Stack, Service) {
     let upstream = Service::start("echo-upstream", &[]).await;
+    let mut ingress_env = ingress_env;
+    // The queue's proxy starts after the ingress: never let a slow start read as "no consumers".
+    ingress_env.push(("NO_CONSUMER_GRACE", "30s".to_string()));
     let mut stack = Stack::start(StackOptions {
         proxies: 1,
         ingress_env,
@@ -268,7 +271,10 @@ async fn an_unreachable_upstream_is_a_502_at_once_and_a_slow_one_a_504_that_canc
     let upstream = Service::start("echo-upstream", &[]).await;
     let mut stack = Stack::start(StackOptions {
         proxies: 0,
-        ingress_env: routes("/down=down,/api=orders"),
+        ingress_env: vec![
+            ("ROUTES", "/down=down,/api=orders".to_string()),
+            ("NO_CONSUMER_GRACE", "30s".to_string()),
+        ],
         ..StackOptions::default()
     })
     .await;
@@ -325,7 +331,10 @@ async fn responses_over_the_limit_are_a_502_and_route_settings_apply() {
     .expect("write routes file");
     let mut stack = Stack::start(StackOptions {
         proxies: 0,
-        ingress_env: vec![("ROUTES_FILE", file.display().to_string())],
+        ingress_env: vec![
+            ("ROUTES_FILE", file.display().to_string()),
+            ("NO_CONSUMER_GRACE", "30s".to_string()),
+        ],
         ..StackOptions::default()
     })
     .await;
@@ -400,7 +409,10 @@ async fn each_queue_is_its_own_stream_so_a_slow_backend_holds_up_no_other() {
     let fast_upstream = Service::start("echo-upstream", &[]).await;
     let mut stack = Stack::start(StackOptions {
         proxies: 0,
-        ingress_env: routes("/api=orders,/reports=reports"),
+        ingress_env: vec![
+            ("ROUTES", "/api=orders,/reports=reports".to_string()),
+            ("NO_CONSUMER_GRACE", "30s".to_string()),
+        ],
         ..StackOptions::default()
     })
     .await;
@@ -472,7 +484,10 @@ async fn a_request_whose_proxy_is_killed_reaches_the_upstream_again_with_attempt
     let upstream = Service::start("echo-upstream", &[]).await;
     let mut stack = Stack::start(StackOptions {
         proxies: 0,
-        ingress_env: routes("/api=orders"),
+        ingress_env: vec![
+            ("ROUTES", "/api=orders".to_string()),
+            ("NO_CONSUMER_GRACE", "30s".to_string()),
+        ],
         ..StackOptions::default()
     })
     .await;
@@ -558,6 +573,7 @@ async fn the_body_budget_holds_only_bodies_being_read_and_bodyless_requests_take
         ingress_env: vec![
             ("ROUTES_FILE", file.display().to_string()),
             ("FORWARD_BUFFER_BYTES", "16384".to_string()),
+            ("NO_CONSUMER_GRACE", "30s".to_string()),
         ],
         ..StackOptions::default()
     })
@@ -579,25 +595,17 @@ async fn the_body_budget_holds_only_bodies_being_read_and_bodyless_requests_take
     )
     .await;
     let url = format!("{ingress}/api/echo/second");
-    wait_until(
-        "a second body to be refused while the first is read",
-        Duration::from_secs(15),
-        || async {
-            let response = stack
-                .http
-                .post(&url)
-                .body(vec![1u8; 9000])
-                .send()
-                .await
-                .expect("POST");
-            if response.status() != 503 {
-                return false;
-            }
-            let problem = assert_problem(response, 503).await;
-            problem["type"] == "urn:problem:broker:overloaded"
-        },
-    )
-    .await;
+    // The held request is admitted (and has reserved its body) once it is in flight.
+    common::wait_metric(stack.ingress(), "ingress_requests_in_flight", 1.0).await;
+    let response = stack
+        .http
+        .post(&url)
+        .body(vec![1u8; 9000])
+        .send()
+        .await
+        .expect("POST");
+    let problem = assert_problem(response, 503).await;
+    assert_eq!(problem["type"], "urn:problem:broker:overloaded");
     testkit::raw_http::send(&mut slow_body, &vec![b'x'; 8995]).await;
     let held = testkit::raw_http::read_response(&mut slow_body, Duration::from_secs(15)).await;
     assert_eq!(held.status, 200, "{}", held.head);

@@ -354,11 +354,17 @@ async fn a_quiet_stream_does_not_make_a_waiting_proxy_count_as_gone() {
                 .xinfo_consumers(common::REQUEST_STREAM, common::GROUP)
                 .await
                 .unwrap_or_default();
-            let idle = consumers
+            // Redis 7.2+ resets `idle` on every read attempt and reports the time since the
+            // last read that returned entries as `inactive`; before 7.2 that is `idle`.
+            let quiet = consumers
                 .iter()
-                .filter_map(|consumer| consumer.get("idle")?.as_u64())
+                .filter_map(|consumer| {
+                    let idle = consumer.get("idle")?.as_u64()?;
+                    let inactive = consumer.get("inactive").and_then(|v| v.as_u64());
+                    Some(inactive.unwrap_or(idle))
+                })
                 .min();
-            idle.is_some_and(|idle| idle > 5_000)
+            quiet.is_some_and(|ms| ms > 5_000)
         },
     )
     .await;

@@ -108,7 +108,7 @@ async fn both_services_run_every_path_as_least_privilege_users_without_a_refusal
     // Proxy A is slow, so a request is in its terminal when it is killed.
     let slow_proxy = vec![
         ("REDIS_PASSWORD_FILE", secrets.path("proxy")),
-        ("PROCESSING_DELAY_MS", "1500".to_string()),
+        ("PROCESSING_DELAY_MS", "5000".to_string()),
     ];
     let mut stack = Stack::start(StackOptions {
         proxies: 1,

@@ -67,6 +67,10 @@ pub enum UpstreamUrlError {
     UnsupportedScheme(String),
     #[error("UPSTREAM_URL `{0}` must not have a query or fragment")]
     HasQuery(String),
+    #[error(
+        "UPSTREAM_URL must not carry a user or password (they would end up in logs and are not sent); let the client's Authorization header pass through instead"
+    )]
+    HasCredentials,
 }
 
 impl Forwarder {
@@ -85,6 +89,9 @@ impl Forwarder {
         if url.query().is_some() || url.fragment().is_some() {
             return Err(UpstreamUrlError::HasQuery(upstream.into()));
         }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(UpstreamUrlError::HasCredentials);
+        }
         let Some(host) = url.host_str() else {
             return Err(UpstreamUrlError::Invalid(upstream.into(), "no host".into()));
         };
@@ -96,7 +103,9 @@ impl Forwarder {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the keep-alive timeout of common servers (Node: 5 s), so a request is
+            // rarely sent on a connection the upstream is closing.
+            .pool_idle_timeout(Duration::from_secs(4))
             .build(connector);
         Ok(Forwarder {
             origin,
@@ -174,8 +183,9 @@ impl Forwarder {
             match self.client.request(upstream_request).await {
                 Ok(response) => break response,
                 Err(err) => {
-                    // A refused connection never reached the upstream; anything else may have.
-                    let retry = repeatable
+                    // A failed connect never reached the upstream: safe for any method.
+                    // Anything else may have: only for requests safe to repeat.
+                    let retry = (repeatable || err.is_connect())
                         && attempt < MAX_ATTEMPTS
                         && tokio::time::Instant::now() + backoff < request.deadline;
                     if !retry {
@@ -368,7 +378,13 @@ mod tests {
             Forwarder::new("http://svc/base/", 1, "q")
                 .is_ok_and(|f| f.upstream() == "http://svc/base")
         );
-        for bad in ["https://svc", "svc:80", "http://svc/?a=1", "ftp://x"] {
+        for bad in [
+            "https://svc",
+            "svc:80",
+            "http://svc/?a=1",
+            "ftp://x",
+            "http://u:p@svc",
+        ] {
             assert!(Forwarder::new(bad, 1, "q").is_err(), "{bad}");
         }
     }

@@ -333,9 +333,18 @@ fn body_error(route: &RouteConfig, err: axum::Error) -> ApiError {
 /// client step out of the route's prefix (or the upstream's base path) on an upstream that
 /// resolves them.
 fn check_path(uri: &axum::http::Uri) -> Result<(), ApiError> {
-    let dot_segment = uri.path().split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
+    // Decoded as a lenient upstream might: %2e as `.`, %2f and %5c and `\` as separators,
+    // and `;params` dropped (`..;` is `..` to some servers).
+    let decoded = uri
+        .path()
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    let dot_segment = decoded.split('/').any(|segment| {
+        let segment = segment.split(';').next().unwrap_or_default();
+        segment == "." || segment == ".."
     });
     if dot_segment {
         return Err(ApiError::Status {
