@@ -28,21 +28,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// down upstream is reported within a fraction of a second, not at the caller's deadline.
 const MAX_ATTEMPTS: u32 = 3;
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those the
-/// client sets itself (`host`, `content-length`): never forwarded in either direction.
-pub fn is_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    ) || name.starts_with("proxy-")
-}
+pub use shared::protocol::is_hop_by_hop;
 
 /// Forwards `http` requests to one upstream base URL.
 pub struct Forwarder {
@@ -264,7 +250,13 @@ impl Forwarder {
             }
         };
         self.record(status_class(parts.status.as_u16()), started);
-        let named_in_connection = connection_tokens(&parts.headers);
+        let named_in_connection = shared::protocol::connection_tokens(
+            parts
+                .headers
+                .get_all(hyper::header::CONNECTION)
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
         let headers = parts
             .headers
             .iter()
@@ -314,18 +306,6 @@ fn is_repeatable(request: &Request<'_>) -> bool {
         .headers
         .iter()
         .any(|(name, _)| name == "idempotency-key")
-}
-
-/// The header names listed in `Connection` (they, too, are hop-by-hop), lower-cased.
-pub fn connection_tokens(headers: &hyper::HeaderMap) -> Vec<String> {
-    headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
-        .filter(|token| !token.is_empty())
-        .collect()
 }
 
 fn invalid(message: impl Into<String>) -> HandlerError {

@@ -183,6 +183,33 @@ pub fn decode_headers(block: &[u8]) -> Result<Vec<(String, Bytes)>, String> {
     Ok(headers)
 }
 
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus `host` and
+/// `content-length`, which each side sets itself: never passed on in either direction of an
+/// `http` request, by the ingress or the proxy. Names are lower-case.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    ) || name.starts_with("proxy-")
+}
+
+/// The header names listed in `Connection` values (hop-by-hop too), lower-cased.
+pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .filter_map(|value| std::str::from_utf8(value).ok())
+        .flat_map(|value| value.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect()
+}
+
 /// RFC 9110 `tchar`.
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)

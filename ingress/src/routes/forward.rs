@@ -40,33 +40,7 @@ fn kib(bytes: u64) -> u32 {
         .max(1)
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus `host` and
-/// `content-length`, which the other side sets itself: never passed on in either direction.
-pub fn is_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    ) || name.starts_with("proxy-")
-}
-
-/// The header names listed in `Connection`, lower-cased (they are hop-by-hop too).
-fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(axum::http::header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
-        .filter(|token| !token.is_empty())
-        .collect()
-}
+pub use shared::protocol::is_hop_by_hop;
 
 /// Handles one request on `route`.
 pub async fn handle(
@@ -207,7 +181,12 @@ fn forwarded_headers(
     peer: Option<SocketAddr>,
     trusted: &TrustedProxies,
 ) -> Vec<(String, Bytes)> {
-    let named = connection_tokens(headers);
+    let named = shared::protocol::connection_tokens(
+        headers
+            .get_all(axum::http::header::CONNECTION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
     let from_trusted = peer.is_some_and(|p| trusted.contains(p.ip().to_canonical()));
     let mut out: Vec<(String, Bytes)> = Vec::with_capacity(headers.len() + 4);
     let mut forwarded_for: Vec<String> = Vec::new();
