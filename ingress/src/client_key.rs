@@ -147,31 +147,31 @@ mod tests {
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_str(value).expect("header value"));
+            map.append(*name, HeaderValue::from_str(value).expect("header value")); // invariant: test code; a failure here is the test failing
         }
         map
     }
 
     fn ip(text: &str) -> IpAddr {
-        text.parse().expect("ip")
+        text.parse().expect("ip") // invariant: test code; a failure here is the test failing
     }
 
     #[test]
     fn trusted_proxies_parse_cidrs_and_single_addresses() {
-        let trusted = TrustedProxies::parse(" 10.0.0.0/8, 127.0.0.1 ,fd00::/8").expect("valid");
+        let trusted = TrustedProxies::parse(" 10.0.0.0/8, 127.0.0.1 ,fd00::/8").expect("valid"); // invariant: test code; a failure here is the test failing
         assert!(trusted.contains(ip("10.1.2.3")));
         assert!(trusted.contains(ip("127.0.0.1")));
         assert!(trusted.contains(ip("::ffff:127.0.0.1")), "IPv4-mapped");
         assert!(trusted.contains(ip("fd00::1")));
         assert!(!trusted.contains(ip("127.0.0.2")));
-        assert!(TrustedProxies::parse("").expect("empty").is_empty());
+        assert!(TrustedProxies::parse("").expect("empty").is_empty()); // invariant: test code; a failure here is the test failing
         assert!(TrustedProxies::parse("10.0.0.0/33").is_err());
         assert!(TrustedProxies::parse("proxy.local").is_err());
     }
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_peers() {
-        let keys = ClientKeys::new(None, TrustedProxies::parse("10.0.0.0/8").expect("valid"));
+        let keys = ClientKeys::new(None, TrustedProxies::parse("10.0.0.0/8").expect("valid")); // invariant: test code; a failure here is the test failing
         let forwarded = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.0.0.2")]);
         assert_eq!(
             keys.client_ip(&forwarded, ip("198.51.100.1")),

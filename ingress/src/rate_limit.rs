@@ -236,7 +236,7 @@ mod tests {
 
     fn per_minute(count: u32) -> Rate {
         Rate {
-            count: NonZeroU32::new(count).expect("non-zero"),
+            count: NonZeroU32::new(count).expect("non-zero"), // invariant: test code; a failure here is the test failing
             per: Duration::from_secs(60),
         }
     }
@@ -301,7 +301,7 @@ mod tests {
     fn idle_clients_are_evicted_once_their_bucket_is_full_again() {
         let clock = FakeRelativeClock::default();
         let rate = Rate {
-            count: NonZeroU32::new(10).expect("non-zero"),
+            count: NonZeroU32::new(10).expect("non-zero"), // invariant: test code; a failure here is the test failing
             per: Duration::from_secs(1),
         };
         let limiter = ClientRateLimiter::with_clock(rate, NonZeroU32::new(5), 100, clock.clone());

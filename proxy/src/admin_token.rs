@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_and_never_shown() {
-        let token = AdminToken::new("  0123456789abcdef\n").expect("16 characters");
+        let token = AdminToken::new("  0123456789abcdef\n").expect("16 characters"); // invariant: test code; a failure here is the test failing
         assert!(token.matches(b"0123456789abcdef"));
         assert!(!token.matches(b"0123456789abcdeF"));
         assert!(!token.matches(b"0123456789abcde"));
@@ -141,12 +141,12 @@ mod tests {
 
     #[test]
     fn token_files_are_read_and_a_missing_or_empty_one_is_an_error() {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = tempfile::tempdir().expect("temp dir"); // invariant: test code; a failure here is the test failing
         let path = dir.path().join("token");
-        std::fs::write(&path, "fedcba9876543210fedcba\n").expect("write");
-        let token = AdminToken::from_file(&path).expect("readable");
+        std::fs::write(&path, "fedcba9876543210fedcba\n").expect("write"); // invariant: test code; a failure here is the test failing
+        let token = AdminToken::from_file(&path).expect("readable"); // invariant: test code; a failure here is the test failing
         assert!(token.matches(b"fedcba9876543210fedcba"));
-        std::fs::write(&path, "\n").expect("write");
+        std::fs::write(&path, "\n").expect("write"); // invariant: test code; a failure here is the test failing
         assert!(AdminToken::from_file(&path).is_err_and(|e| e.contains("empty")));
         assert!(
             AdminToken::from_file(&dir.path().join("missing"))

@@ -398,13 +398,13 @@ mod tests {
 
     #[test]
     fn a_password_file_fills_in_the_password_and_refuses_a_second_one() {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = tempfile::tempdir().expect("temp dir"); // invariant: test code; a failure here is the test failing
         let path = dir.path().join("pw");
-        std::fs::write(&path, "s3cret\n").expect("write");
-        let file = PasswordFile::load(path.to_str().expect("utf-8 path")).expect("load");
+        std::fs::write(&path, "s3cret\n").expect("write"); // invariant: test code; a failure here is the test failing
+        let file = PasswordFile::load(path.to_str().expect("utf-8 path")).expect("load"); // invariant: test code; a failure here is the test failing
         let mut with_user = settings("redis://ingress@redis:6379");
         with_user.redis_password_file = Some(file.clone());
-        let config = with_user.client_config().expect("config");
+        let config = with_user.client_config().expect("config"); // invariant: test code; a failure here is the test failing
         assert_eq!(config.username.as_deref(), Some("ingress"));
         assert_eq!(config.password.as_deref(), Some("s3cret"));
         assert!(!format!("{with_user:?}").contains("s3cret"));
@@ -434,7 +434,7 @@ mod tests {
     #[test]
     fn http_server_defaults_match_the_server_defaults() {
         use clap::Parser;
-        let parsed = HttpOnly::try_parse_from(["test"]).expect("defaults parse");
+        let parsed = HttpOnly::try_parse_from(["test"]).expect("defaults parse"); // invariant: test code; a failure here is the test failing
         assert_eq!(
             parsed.http.settings(),
             crate::server::ServerSettings::default()

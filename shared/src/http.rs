@@ -509,10 +509,10 @@ mod tests {
         ] {
             assert_eq!(method_label(&method), method.as_str());
         }
-        let made_up = Method::from_bytes("X".repeat(200).as_bytes()).expect("a token");
+        let made_up = Method::from_bytes("X".repeat(200).as_bytes()).expect("a token"); // invariant: test code; a failure here is the test failing
         assert_eq!(method_label(&made_up), "other");
         assert_eq!(
-            method_label(&Method::from_bytes(b"get").expect("a token")),
+            method_label(&Method::from_bytes(b"get").expect("a token")), // invariant: test code; a failure here is the test failing
             "other"
         );
     }
@@ -521,7 +521,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(
             REQUEST_ID_HEADER.clone(),
-            HeaderValue::from_str(value).expect("header value"),
+            HeaderValue::from_str(value).expect("header value"), // invariant: test code; a failure here is the test failing
         );
         let (request_id, invalid) = request_id_from(&headers);
         let mut request = axum::http::Request::new(());
@@ -537,7 +537,7 @@ mod tests {
         let mut parts = parts_with_request_id("lt-1-42");
         let id = RequestId::from_request_parts(&mut parts, &())
             .await
-            .expect("valid id");
+            .expect("valid id"); // invariant: test code; a failure here is the test failing
         assert_eq!(id.as_str(), "lt-1-42");
     }
 
@@ -548,7 +548,7 @@ mod tests {
             .extensions
             .get::<RequestId>()
             .cloned()
-            .expect("a fresh id for everyone else");
+            .expect("a fresh id for everyone else"); // invariant: test code; a failure here is the test failing
         assert!(uuid::Uuid::parse_str(fresh.as_str()).is_ok());
         let problem = RequestId::from_request_parts(&mut parts, &())
             .await
@@ -585,7 +585,7 @@ mod tests {
         let mut request = axum::http::Request::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .body(axum::body::Body::new(body))
-            .expect("request");
+            .expect("request"); // invariant: test code; a failure here is the test failing
         request.extensions_mut().insert(RequestId("slow-1".into()));
         let problem = match ApiJson::<serde_json::Value>::from_request(request, &()).await {
             Ok(_) => panic!("a stalled body cannot be parsed"),

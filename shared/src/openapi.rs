@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn every_documented_problem_status_has_its_own_example() {
         for status in [400, 401, 403, 404, 408, 409, 413, 415, 429, 502, 503, 504] {
-            let example = problem_example(status).expect("an example");
+            let example = problem_example(status).expect("an example"); // invariant: test code; a failure here is the test failing
             assert_eq!(example["status"], status);
         }
     }

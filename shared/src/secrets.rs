@@ -176,10 +176,10 @@ mod tests {
 
     #[test]
     fn secret_files_lose_one_trailing_newline_and_reject_the_unlikely() {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = tempfile::tempdir().expect("temp dir"); // invariant: test code; a failure here is the test failing
         let write = |name: &str, content: &[u8]| {
             let path = dir.path().join(name);
-            std::fs::write(&path, content).expect("write");
+            std::fs::write(&path, content).expect("write"); // invariant: test code; a failure here is the test failing
             path
         };
         let read = |path: &Path| read_secret_file(path).map(|s| s.expose().to_string());

@@ -721,7 +721,7 @@ mod tests {
         let error = axum::body::to_bytes(axum::body::Body::new(body), 1024)
             .await
             .expect_err("a stalled body cannot complete");
-        let timeout = body_read_timeout_in(&error).expect("the timeout is in the error chain");
+        let timeout = body_read_timeout_in(&error).expect("the timeout is in the error chain"); // invariant: test code; a failure here is the test failing
         assert_eq!(timeout.timeout, Duration::from_secs(30));
     }
 
@@ -733,7 +733,7 @@ mod tests {
         );
         let bytes = axum::body::to_bytes(axum::body::Body::new(body), 1024)
             .await
-            .expect("complete body");
+            .expect("complete body"); // invariant: test code; a failure here is the test failing
         assert_eq!(&bytes[..], b"{\"city\":\"Oslo\"}");
     }
 

@@ -580,7 +580,7 @@ mod tests {
     /// range (u64::MAX, one above, every digit position) and with leading zeros.
     #[test]
     fn the_documented_pattern_matches_the_parser() {
-        let pattern = regex::Regex::new(ENTRY_ID_PATTERN).expect("pattern");
+        let pattern = regex::Regex::new(ENTRY_ID_PATTERN).expect("pattern"); // invariant: test code; a failure here is the test failing
         let max = u128::from(u64::MAX);
         let mut numbers: Vec<String> = vec!["0".into(), "00".into(), "".into(), "+1".into()];
         for edge in [max, max + 1, max - 1, max + 10, max + 100] {

@@ -188,10 +188,10 @@ mod tests {
     /// Multilingual Plane, alone and between letters.
     #[test]
     fn the_documented_patterns_match_the_validator() {
-        let city = regex::Regex::new(CITY_PATTERN).expect("city pattern");
-        let location = regex::Regex::new(LOCATION_PATTERN).expect("location pattern");
+        let city = regex::Regex::new(CITY_PATTERN).expect("city pattern"); // invariant: test code; a failure here is the test failing
+        let location = regex::Regex::new(LOCATION_PATTERN).expect("location pattern"); // invariant: test code; a failure here is the test failing
         let schema = serde_json::to_value(<CityForecastRequest as utoipa::PartialSchema>::schema())
-            .expect("schema");
+            .expect("schema"); // invariant: test code; a failure here is the test failing
         assert_eq!(schema["properties"]["city"]["pattern"], CITY_PATTERN);
         assert_eq!(
             schema["properties"]["location"]["pattern"],
@@ -220,10 +220,10 @@ mod tests {
     fn only_a_json_object_is_a_request() {
         let parsed: CityForecastRequest =
             serde_json::from_str(r#"{"city":"Oslo","location":"Center","extra":1}"#)
-                .expect("an object");
+                .expect("an object"); // invariant: test code; a failure here is the test failing
         assert_eq!(parsed, request("Oslo", "Center"));
         let parsed: CityForecastRequest =
-            serde_json::from_str(r#"{"city":"Oslo"}"#).expect("location may be left out");
+            serde_json::from_str(r#"{"city":"Oslo"}"#).expect("location may be left out"); // invariant: test code; a failure here is the test failing
         assert_eq!(parsed, request("Oslo", ""));
         let error = serde_json::from_str::<CityForecastRequest>(r#"["Oslo","Center"]"#)
             .expect_err("an array is not a request");

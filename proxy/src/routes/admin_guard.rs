@@ -215,7 +215,7 @@ mod tests {
         if let Some(value) = authorization {
             headers.insert(
                 header::AUTHORIZATION,
-                HeaderValue::from_str(value).expect("header"),
+                HeaderValue::from_str(value).expect("header"), // invariant: test code; a failure here is the test failing
             );
         }
         headers
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn the_guard_wants_the_configured_bearer_token() {
-        let token = AdminToken::new("0123456789abcdef0123").expect("token");
+        let token = AdminToken::new("0123456789abcdef0123").expect("token"); // invariant: test code; a failure here is the test failing
         let guard = AdminGuard::new(Some(token));
         assert_eq!(
             guard.check(&headers(Some("Bearer 0123456789abcdef0123"))),

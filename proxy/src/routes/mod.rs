@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn the_document_states_what_the_service_enforces() {
-        let document = serde_json::to_value(ApiDoc::openapi()).expect("JSON");
+        let document = serde_json::to_value(ApiDoc::openapi()).expect("JSON"); // invariant: test code; a failure here is the test failing
         assert_eq!(
             shared::openapi::contract_violations(&document),
             Vec::<String>::new()
