@@ -24,6 +24,11 @@ use crate::reply::{Delivery, ReplyQueue, Responder};
 
 /// Longest one XREADGROUP blocks; bounds how long shutdown waits for the reader to notice.
 const MAX_READ_BLOCK: Duration = Duration::from_secs(1);
+/// Bytes one XREADGROUP should bring at most, judged by the largest entry of the previous read
+/// (a lone entry is always read). The Redis client buffers a whole reply before it hands it
+/// over: with 1 MiB bodies, one read of 64 entries would hold 64 MiB+ at once. Small entries
+/// (~300 bytes) never reach this; their reads stay bounded by the free terminals.
+const MAX_READ_BYTES: usize = 1 << 20;
 /// How long acknowledging may be retried before the entry is left pending for redelivery.
 const ACK_RETRY_FOR: Duration = Duration::from_secs(5);
 
@@ -132,6 +137,7 @@ impl Consumer {
         let mut last_reclaim = Instant::now();
         let mut last_cleanup = Instant::now();
         let mut backoff = Duration::from_millis(50);
+        let mut largest_entry = 0;
         while !stop.is_cancelled() {
             let mut permits = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -159,8 +165,9 @@ impl Consumer {
                     }
                 }
             }
+            let count = read_count(permits.len(), largest_entry);
             let Some(read) = self
-                .unless_stopped_offline(&stop, self.read(permits.len(), read_block))
+                .unless_stopped_offline(&stop, self.read(count, read_block))
                 .await
             else {
                 break;
@@ -168,6 +175,9 @@ impl Consumer {
             match read {
                 Ok(entries) => {
                     backoff = Duration::from_millis(50);
+                    if !entries.is_empty() {
+                        largest_entry = entries.iter().map(StreamEntry::size).max().unwrap_or(0);
+                    }
                     for (entry, permit) in entries.into_iter().zip(permits) {
                         self.dispatch(
                             &terminals,
@@ -310,7 +320,8 @@ impl Consumer {
         work
     }
 
-    /// Waits for one free terminal, then takes every other free one too.
+    /// Waits for one free terminal, then takes every other free one too. Permits a read does
+    /// not use are released when dropped.
     async fn free_terminals(&self) -> Vec<OwnedSemaphorePermit> {
         let mut permits = Vec::new();
         match self.free_terminals.clone().acquire_owned().await {
@@ -658,5 +669,35 @@ impl Terminal {
         if let Err(err) = self.responder.acknowledge(entry_id, deadline).await {
             tracing::warn!(entry_id, error = %err, "could not acknowledge; the entry stays pending and may be processed again");
         }
+    }
+}
+
+/// How many entries the next XREADGROUP asks for: one per free terminal, but no more than
+/// [`MAX_READ_BYTES`] worth if entries are as large as the largest of the previous read
+/// (`largest_entry`, 0 before the first), and always at least one.
+fn read_count(free_terminals: usize, largest_entry: usize) -> usize {
+    let by_bytes = MAX_READ_BYTES
+        .checked_div(largest_entry)
+        .unwrap_or(usize::MAX);
+    free_terminals.min(by_bytes).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_entries_are_read_one_per_free_terminal() {
+        assert_eq!(read_count(64, 0), 64);
+        assert_eq!(read_count(64, 300), 64);
+        assert_eq!(read_count(3, 300), 3);
+    }
+
+    #[test]
+    fn large_entries_are_read_a_few_at_a_time_and_never_none() {
+        assert_eq!(read_count(64, 100 * 1024), 10);
+        assert_eq!(read_count(64, 1 << 20), 1);
+        assert_eq!(read_count(64, 64 << 20), 1);
+        assert_eq!(read_count(0, 0), 1);
     }
 }

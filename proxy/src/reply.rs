@@ -28,6 +28,12 @@ use tokio::time::Instant;
 /// seen at saturation (about the number of busy terminals that finish during one round trip).
 pub const MAX_BATCH: usize = 128;
 
+/// Most reply bytes one script call carries (a lone larger reply still goes alone). A batch is
+/// encoded into one command buffer that the Redis client keeps for reuse: under 1 MiB bodies
+/// at 8 concurrent requests, unbounded batches of ~8 MiB raised the proxy's peak memory by
+/// tens of MiB. Small replies (~300 bytes) never reach this; they stay bounded by MAX_BATCH.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
 /// Batches of replies written at once. One at a time left a quarter of the CPU idle at
 /// saturation (the writer waited for each round trip); a few keep Redis busy.
 pub const WRITES_IN_FLIGHT: usize = 2;
@@ -227,6 +233,19 @@ struct PendingReply {
     deadline: Instant,
 }
 
+impl PendingReply {
+    /// The bytes this reply adds to a script call (what [`MAX_BATCH_BYTES`] bounds).
+    fn bytes(&self) -> usize {
+        self.reply_to.len()
+            + self.entry_id.len()
+            + self
+                .fields
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>()
+    }
+}
+
 /// The terminals' way to reply: a group-commit writer ([`Batcher`]) that sends every reply
 /// waiting at that moment in one `reply_and_ack.lua` call. Cheap to clone.
 #[derive(Clone)]
@@ -239,8 +258,10 @@ impl ReplyQueue {
     /// dropped, so replies of terminals that finish during a shutdown drain are still written.
     pub fn start(responder: Responder) -> Self {
         let responder = Arc::new(responder);
-        let writer = Batcher::start(
+        let writer = Batcher::start_weighed(
             MAX_BATCH,
+            MAX_BATCH_BYTES,
+            PendingReply::bytes,
             WRITES_IN_FLIGHT,
             move |batch: Vec<PendingReply>| {
                 let responder = responder.clone();

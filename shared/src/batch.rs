@@ -48,23 +48,60 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// The queue is unbounded on purpose: every caller waits for its own outcome, so the queue
     /// never holds more items than there are callers (e.g. the proxy's terminals), which the
     /// caller already bounds.
-    pub fn start<W, Fut>(max_batch: usize, max_in_flight: usize, mut write: W) -> Self
+    pub fn start<W, Fut>(max_batch: usize, max_in_flight: usize, write: W) -> Self
     where
         W: FnMut(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Vec<R>> + Send + 'static,
+    {
+        Self::start_weighed(max_batch, usize::MAX, |_| 0, max_in_flight, write)
+    }
+
+    /// Like [`Batcher::start`], but a batch also stops before its items' total `weigh`t would
+    /// pass `max_weight` (one item alone is always written, whatever it weighs). The proxy
+    /// weighs replies by their bytes: a batch is encoded into one command buffer, and eight
+    /// 1 MiB replies in one call grew that buffer (and the process's peak memory) by 8 MiB+.
+    pub fn start_weighed<W, Fut, G>(
+        max_batch: usize,
+        max_weight: usize,
+        weigh: G,
+        max_in_flight: usize,
+        mut write: W,
+    ) -> Self
+    where
+        W: FnMut(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Vec<R>> + Send + 'static,
+        G: Fn(&T) -> usize + Send + 'static,
     {
         let max_batch = max_batch.max(1);
         let in_flight = Arc::new(Semaphore::new(max_in_flight.max(1)));
         let (queue, mut queued) = mpsc::unbounded_channel::<Queued<T, R>>();
         tokio::spawn(async move {
+            // The item that did not fit the previous batch: it opens the next one.
+            let mut held: Option<Queued<T, R>> = None;
             loop {
                 // Wait for a free write slot first: items keep queuing meanwhile.
                 let Ok(slot) = in_flight.clone().acquire_owned().await else {
                     return; // never closed
                 };
-                let mut batch = Vec::with_capacity(max_batch);
-                if queued.recv_many(&mut batch, max_batch).await == 0 {
-                    return; // every caller's end is gone
+                let first = match held.take() {
+                    Some(item) => item,
+                    None => match queued.recv().await {
+                        Some(item) => item,
+                        None => return, // every caller's end is gone
+                    },
+                };
+                let mut weight = weigh(&first.0);
+                let mut batch = Vec::with_capacity(max_batch.min(64));
+                batch.push(first);
+                while batch.len() < max_batch {
+                    let Ok(item) = queued.try_recv() else { break };
+                    let more = weigh(&item.0);
+                    if weight.saturating_add(more) > max_weight {
+                        held = Some(item);
+                        break;
+                    }
+                    weight += more;
+                    batch.push(item);
                 }
                 let (items, senders): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
                 let written = write(items);
@@ -147,6 +184,59 @@ mod tests {
             sizes,
             vec![1, 3, 2],
             "one alone, then full batches of at most 3"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_before_its_weight_passes_the_limit_but_a_heavy_item_goes_alone() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = batches.clone();
+        let (release, gate) = tokio::sync::watch::channel(false);
+        // Each item weighs its value; at most 10 per batch.
+        let batcher = Batcher::start_weighed(
+            8,
+            10,
+            |n: &u32| *n as usize,
+            1,
+            move |items: Vec<u32>| {
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(items.clone());
+                let mut gate = gate.clone();
+                async move {
+                    let _ = gate.wait_for(|open| *open).await;
+                    items
+                }
+            },
+        );
+        let first = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.submit(0).await }
+        });
+        tokio::task::yield_now().await;
+        let mut rest = Vec::new();
+        for n in [8, 3, 4, 20, 1] {
+            let batcher = batcher.clone();
+            rest.push((n, tokio::spawn(async move { batcher.submit(n).await })));
+            // Queue them one at a time, so their order is the order above.
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let _ = release.send(true);
+        assert_eq!(first.await.ok(), Some(Ok(0)));
+        for (n, task) in rest {
+            assert_eq!(
+                task.await.ok(),
+                Some(Ok(n)),
+                "each caller gets its own outcome"
+            );
+        }
+        let batches = batches.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(
+            batches,
+            vec![vec![0], vec![8], vec![3, 4], vec![20], vec![1]],
+            "8 + 3 would pass 10; 20 alone passes it and is still written"
         );
     }
 

@@ -411,6 +411,16 @@ pub struct StreamEntry {
 }
 
 impl StreamEntry {
+    /// Bytes of its names and values: what the entry costs in a reply frame and in memory.
+    pub fn size(&self) -> usize {
+        self.id.len()
+            + self
+                .fields
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>()
+    }
+
     /// The value of field `name`, as bytes.
     pub fn get(&self, name: &str) -> Option<&Bytes> {
         self.fields
