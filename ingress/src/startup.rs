@@ -250,6 +250,7 @@ impl Application {
             reply_stream,
             request_stream = config.redis.request_stream,
             rate_limit = ?config.rate_limit,
+            allocator = ?shared::allocator::settings(),
             "ingress serving; Swagger UI at /swagger"
         );
 

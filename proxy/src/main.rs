@@ -1,7 +1,5 @@
-/// mimalloc instead of glibc malloc: malloc/free was ~23% of each service's CPU in the
-/// profiles of docs/benchmarks.md, and glibc's arenas kept the ingress's RSS up after bursts.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// mimalloc with bounded memory retention (why: shared::allocator).
+shared::bounded_mimalloc!();
 
 use proxy::ProxyConfig;
 

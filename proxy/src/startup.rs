@@ -238,6 +238,7 @@ impl Application {
             max_deliveries = config.max_deliveries,
             admin_api = if config.admin_token().is_some() { "token required" } else { "off (no ADMIN_TOKEN)" },
             fault_injection = ?config.fault_injection,
+            allocator = ?shared::allocator::settings(),
             "proxy consuming; Swagger UI at /swagger"
         );
 

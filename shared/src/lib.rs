@@ -6,6 +6,7 @@
 //! instead of being written twice and drifting apart.
 
 pub mod acl;
+pub mod allocator;
 pub mod batch;
 pub mod config;
 pub mod health;
