@@ -13,15 +13,15 @@ use std::time::Duration;
 use fred::prelude::*;
 use shared::protocol::{ReplyEntry, reply_fields};
 use shared::redis::record_error;
-use shared::streams::{EntryId, read_entries};
+use shared::streams::{EntryId, StreamEntry, read_count, read_entries};
 use shared::telemetry::LogLimiter;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Enqueuer;
 
-/// Replies read per XREAD call at most.
-const READ_COUNT: u64 = 1_000;
+/// Replies read per XREAD call at most (fewer when replies are large: `read_count`).
+const READ_COUNT: usize = 1_000;
 /// How long one XREAD blocks before the loop checks for shutdown.
 const READ_BLOCK_MS: u64 = 1_000;
 
@@ -225,9 +225,11 @@ pub async fn read_replies(
 ) {
     static READ_FAILED: LogLimiter = LogLimiter::new(1);
     let mut backoff = Duration::from_millis(50);
+    let mut largest_entry = 0;
     loop {
+        let count = read_count(READ_COUNT, largest_entry);
         let read = blocking.xread::<Value, _, _>(
-            Some(READ_COUNT),
+            Some(count as u64),
             Some(READ_BLOCK_MS),
             stream.as_str(),
             last_id.as_str(),
@@ -252,6 +254,9 @@ pub async fn read_replies(
         };
         backoff = Duration::from_millis(50);
         let read_any = !entries.is_empty();
+        if let Some(largest) = entries.iter().map(StreamEntry::size).max() {
+            largest_entry = largest;
+        }
         for entry in entries {
             deliver(&pending, entry.fields_by_name());
             last_id = entry.id;

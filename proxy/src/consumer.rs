@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use fred::prelude::*;
 use shared::protocol::{ReplyEntry, ReplyStatus, RequestEntry};
 use shared::redis::{ensure_group, is_nogroup, record_error};
-use shared::streams::{StreamEntry, read_entries};
+use shared::streams::{StreamEntry, read_count, read_entries};
 use shared::telemetry::LogLimiter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -24,11 +24,6 @@ use crate::reply::{Delivery, ReplyQueue, Responder};
 
 /// Longest one XREADGROUP blocks; bounds how long shutdown waits for the reader to notice.
 const MAX_READ_BLOCK: Duration = Duration::from_secs(1);
-/// Bytes one XREADGROUP should bring at most, judged by the largest entry of the previous read
-/// (a lone entry is always read). The Redis client buffers a whole reply before it hands it
-/// over: with 1 MiB bodies, one read of 64 entries would hold 64 MiB+ at once. Small entries
-/// (~300 bytes) never reach this; their reads stay bounded by the free terminals.
-const MAX_READ_BYTES: usize = 1 << 20;
 /// How long acknowledging may be retried before the entry is left pending for redelivery.
 const ACK_RETRY_FOR: Duration = Duration::from_secs(5);
 
@@ -175,8 +170,8 @@ impl Consumer {
             match read {
                 Ok(entries) => {
                     backoff = Duration::from_millis(50);
-                    if !entries.is_empty() {
-                        largest_entry = entries.iter().map(StreamEntry::size).max().unwrap_or(0);
+                    if let Some(largest) = entries.iter().map(StreamEntry::size).max() {
+                        largest_entry = largest;
                     }
                     for (entry, permit) in entries.into_iter().zip(permits) {
                         self.dispatch(
@@ -669,35 +664,5 @@ impl Terminal {
         if let Err(err) = self.responder.acknowledge(entry_id, deadline).await {
             tracing::warn!(entry_id, error = %err, "could not acknowledge; the entry stays pending and may be processed again");
         }
-    }
-}
-
-/// How many entries the next XREADGROUP asks for: one per free terminal, but no more than
-/// [`MAX_READ_BYTES`] worth if entries are as large as the largest of the previous read
-/// (`largest_entry`, 0 before the first), and always at least one.
-fn read_count(free_terminals: usize, largest_entry: usize) -> usize {
-    let by_bytes = MAX_READ_BYTES
-        .checked_div(largest_entry)
-        .unwrap_or(usize::MAX);
-    free_terminals.min(by_bytes).max(1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn small_entries_are_read_one_per_free_terminal() {
-        assert_eq!(read_count(64, 0), 64);
-        assert_eq!(read_count(64, 300), 64);
-        assert_eq!(read_count(3, 300), 3);
-    }
-
-    #[test]
-    fn large_entries_are_read_a_few_at_a_time_and_never_none() {
-        assert_eq!(read_count(64, 100 * 1024), 10);
-        assert_eq!(read_count(64, 1 << 20), 1);
-        assert_eq!(read_count(64, 64 << 20), 1);
-        assert_eq!(read_count(0, 0), 1);
     }
 }

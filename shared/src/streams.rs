@@ -410,6 +410,25 @@ pub struct StreamEntry {
     pub fields: Vec<(Bytes, Bytes)>,
 }
 
+/// Bytes one stream read (XREAD, XREADGROUP) should bring at most, judged by the largest entry
+/// of the previous read; see [`read_count`].
+pub const MAX_READ_BYTES: usize = 1 << 20;
+
+/// How many entries the next read asks for: up to `max_entries`, but no more than
+/// [`MAX_READ_BYTES`] worth if entries are as large as the largest of the previous read
+/// (`largest_entry`, 0 before the first), and always at least one.
+///
+/// Why: the Redis client buffers a whole reply before it hands it over. With 1 MiB bodies one
+/// XREADGROUP of 64 entries (the proxy) or one XREAD of 1,000 replies (the ingress) would hold
+/// 64 MiB or 1 GiB at once. Small entries (~300 bytes) never reach the byte bound; their reads
+/// stay as large as before.
+pub fn read_count(max_entries: usize, largest_entry: usize) -> usize {
+    let by_bytes = MAX_READ_BYTES
+        .checked_div(largest_entry)
+        .unwrap_or(usize::MAX);
+    max_entries.min(by_bytes).max(1)
+}
+
 impl StreamEntry {
     /// Bytes of its names and values: what the entry costs in a reply frame and in memory.
     pub fn size(&self) -> usize {
@@ -585,6 +604,22 @@ impl std::fmt::Display for EntryId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_entries_are_read_up_to_the_entry_limit() {
+        assert_eq!(read_count(64, 0), 64);
+        assert_eq!(read_count(64, 300), 64);
+        assert_eq!(read_count(1_000, 300), 1_000);
+        assert_eq!(read_count(3, 300), 3);
+    }
+
+    #[test]
+    fn large_entries_are_read_a_few_at_a_time_and_never_none() {
+        assert_eq!(read_count(64, 100 * 1024), 10);
+        assert_eq!(read_count(1_000, 1 << 20), 1);
+        assert_eq!(read_count(64, 64 << 20), 1);
+        assert_eq!(read_count(0, 0), 1);
+    }
 
     /// The documented pattern accepts exactly what `from_str` accepts, around the edges of the
     /// range (u64::MAX, one above, every digit position) and with leading zeros.
