@@ -217,6 +217,14 @@ async fn headers_pass_unchanged_except_hop_by_hop_ones_and_forwarding_headers_ar
             .map(|v| v.as_bytes().to_vec()),
         Some(b"caf\xe9".to_vec())
     );
+    assert_eq!(
+        response
+            .headers()
+            .get("server")
+            .and_then(|v| v.to_str().ok()),
+        Some("echo-upstream"),
+        "the upstream's Server header is part of its answer"
+    );
     assert!(
         response.headers().get("x-hop").is_none(),
         "a header named in Connection came back"

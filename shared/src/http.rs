@@ -271,7 +271,6 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
-    response.headers_mut().remove(header::SERVER);
     response
 }
 

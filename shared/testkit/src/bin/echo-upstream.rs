@@ -6,7 +6,8 @@
 //!
 //! - `/echo/...` (any method): the request body back unchanged, with `x-echo-method`,
 //!   `x-echo-path` (path and query) and `x-echo-attempt` (the `X-Delivery-Attempt` it got),
-//!   plus two `x-multi` headers and a hop-by-hop `x-hop` named in `Connection`.
+//!   plus two `x-multi` headers, `server: echo-upstream` and a hop-by-hop `x-hop` named in
+//!   `Connection`.
 //! - `/inspect/...`: the request as JSON: method, path, headers (non-UTF-8 values as `hex:`).
 //! - `/status/{code}`: that status, body `status {code}`.
 //! - `/slow?ms=N`: answers after N ms; counts requests dropped before that in `cancelled`.
@@ -158,6 +159,7 @@ async fn echo(request: Request) -> Response {
     if let Ok(v) = HeaderValue::from_bytes(b"caf\xe9") {
         headers.insert("x-latin", v);
     }
+    headers.insert("server", HeaderValue::from_static("echo-upstream"));
     headers.insert("connection", HeaderValue::from_static("x-hop"));
     headers.insert("x-hop", HeaderValue::from_static("must-not-pass"));
     response
