@@ -13,7 +13,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use shared::protocol::{ReplyEntry, reply_fields};
 use shared::redis::record_error;
-use shared::streams::{EntryId, StreamEntry, read_count, read_entries};
+use shared::streams::{EntryId, next_largest, read_count, read_entries};
 use shared::telemetry::LogLimiter;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -254,9 +254,7 @@ pub async fn read_replies(
         };
         backoff = Duration::from_millis(50);
         let read_any = !entries.is_empty();
-        if let Some(largest) = entries.iter().map(StreamEntry::size).max() {
-            largest_entry = largest;
-        }
+        largest_entry = next_largest(largest_entry, &entries);
         for entry in entries {
             deliver(&pending, entry.fields_by_name());
             last_id = entry.id;

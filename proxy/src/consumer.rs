@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use fred::prelude::*;
 use shared::protocol::{ReplyEntry, ReplyStatus, RequestEntry};
 use shared::redis::{ensure_group, is_nogroup, record_error};
-use shared::streams::{StreamEntry, read_count, read_entries};
+use shared::streams::{StreamEntry, next_largest, read_count, read_entries};
 use shared::telemetry::LogLimiter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -141,7 +141,10 @@ impl Consumer {
             if last_reclaim.elapsed() >= self.recovery.interval {
                 last_reclaim = Instant::now();
                 let Some(claimed) = self
-                    .unless_stopped_offline(&stop, self.reclaim(permits.len(), &terminals))
+                    .unless_stopped_offline(
+                        &stop,
+                        self.reclaim(read_count(permits.len(), largest_entry), &terminals),
+                    )
                     .await
                 else {
                     break;
@@ -170,9 +173,7 @@ impl Consumer {
             match read {
                 Ok(entries) => {
                     backoff = Duration::from_millis(50);
-                    if let Some(largest) = entries.iter().map(StreamEntry::size).max() {
-                        largest_entry = largest;
-                    }
+                    largest_entry = next_largest(largest_entry, &entries);
                     for (entry, permit) in entries.into_iter().zip(permits) {
                         self.dispatch(
                             &terminals,

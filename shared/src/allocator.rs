@@ -20,10 +20,12 @@
 //! when it is reserved. [`bounded_mimalloc!`](crate::bounded_mimalloc) therefore registers
 //! [`apply_defaults`] as an ELF constructor (`.init_array`), which runs before any of that.
 
-use std::ffi::{CStr, c_char, c_long};
+use std::ffi::{CStr, c_long};
 
 use libmimalloc_sys::mi_option_t;
 
+/// The allocator type the services install (through [`bounded_mimalloc!`](crate::bounded_mimalloc)).
+#[doc(hidden)]
 pub use mimalloc::MiMalloc;
 
 /// `mi_option_arena_eager_commit` in mimalloc's `mi_option_e` (the enum keeps retired
@@ -36,30 +38,23 @@ const PURGE_DELAY: mi_option_t = 15;
 const DEFAULTS: [(mi_option_t, &CStr, c_long); 2] = [
     // Commit arena memory as it is used, so that a purge decommits it (MADV_DONTNEED).
     (ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT", 0),
-    // Return freed memory after 10 ms instead of 1 s. 0 saved a few MiB more with 1 MiB
-    // bodies but cost ~10 % more CPU per request there.
+    // Return freed memory after 10 ms instead of 1 s. With 1 MiB bodies this cost ~10 % more
+    // CPU per request than 1 s; 0 saved a few MiB more but cost ~40 %.
     (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY", 10),
 ];
 
-unsafe extern "C" {
-    /// libc's getenv: reading the environment must not allocate here (an allocation is what
-    /// would reserve the first arena with the old settings), and std's `var_os` does.
-    fn getenv(name: *const c_char) -> *const c_char;
-}
-
-/// Sets each of [`DEFAULTS`] unless its environment variable is set (then mimalloc reads that
-/// itself). Runs before `main` through [`bounded_mimalloc!`](crate::bounded_mimalloc); calling
-/// it again later is harmless (arenas reserved meanwhile keep their setting).
+/// Makes each of [`DEFAULTS`] mimalloc's default for its option. mimalloc still reads its
+/// environment variables (any spelling it accepts) and they win; `mi_option_set_default`
+/// changes only an option not set from the environment or by a call, whether mimalloc has
+/// read its environment yet or not. Meant for the constructor [`bounded_mimalloc!`](crate::bounded_mimalloc)
+/// registers, before any other thread exists.
+#[doc(hidden)]
 pub extern "C" fn apply_defaults() {
-    for (option, variable, value) in DEFAULTS {
-        // SAFETY: `variable` is a NUL-terminated literal; getenv only reads the environment,
-        // which nothing modifies this early (and the services never modify it).
-        let set = unsafe { !getenv(variable.as_ptr()).is_null() };
-        if !set {
-            // SAFETY: mi_option_set only stores a value in mimalloc's static option table,
-            // which exists before mimalloc is initialised; any value is valid for these two.
-            unsafe { libmimalloc_sys::mi_option_set(option, value) };
-        }
+    for (option, _, value) in DEFAULTS {
+        // SAFETY: stores a value in mimalloc's static option table (which exists before
+        // mimalloc is initialised); any value is valid for these two options. Called before
+        // main, when no other thread can read the table.
+        unsafe { libmimalloc_sys::mi_option_set_default(option, value) };
     }
 }
 
@@ -98,8 +93,8 @@ mod tests {
 
     #[test]
     fn the_option_positions_are_mimallocs() {
-        // libmimalloc-sys names the neighbours of the two unnamed options; if mimalloc ever
-        // renumbered its enum, these would move too.
+        // libmimalloc-sys's own constants for the neighbours of the two unnamed options: a
+        // libmimalloc-sys release that renumbered them (following mimalloc) fails here.
         assert_eq!(
             libmimalloc_sys::mi_option_large_os_pages,
             ARENA_EAGER_COMMIT + 2
@@ -109,7 +104,7 @@ mod tests {
 
     #[test]
     fn applying_the_defaults_sets_them_unless_the_environment_does() {
-        // This test binary has no constructor; apply them now (later arenas follow them).
+        // This test binary has no constructor; apply them now (only the option table matters).
         apply_defaults();
         for (variable, value) in settings() {
             let wanted = match variable {

@@ -213,7 +213,11 @@ mod tests {
             let batcher = batcher.clone();
             async move { batcher.submit(0).await }
         });
-        tokio::task::yield_now().await;
+        // The first write has started (and blocks) before anything else is queued.
+        let started = || batches.lock().unwrap_or_else(|p| p.into_inner()).len();
+        while started() == 0 {
+            tokio::task::yield_now().await;
+        }
         let mut rest = Vec::new();
         for n in [8, 3, 4, 20, 1] {
             let batcher = batcher.clone();

@@ -410,13 +410,13 @@ pub struct StreamEntry {
     pub fields: Vec<(Bytes, Bytes)>,
 }
 
-/// Bytes one stream read (XREAD, XREADGROUP) should bring at most, judged by the largest entry
-/// of the previous read; see [`read_count`].
+/// Bytes one stream read (XREAD, XREADGROUP, XCLAIM) should bring at most, judged by the
+/// entries of the previous reads; see [`read_count`].
 pub const MAX_READ_BYTES: usize = 1 << 20;
 
 /// How many entries the next read asks for: up to `max_entries`, but no more than
-/// [`MAX_READ_BYTES`] worth if entries are as large as the largest of the previous read
-/// (`largest_entry`, 0 before the first), and always at least one.
+/// [`MAX_READ_BYTES`] worth if entries are as large as `largest_entry` (see [`next_largest`];
+/// 0 before the first read), and always at least one.
 ///
 /// Why: the Redis client buffers a whole reply before it hands it over. With 1 MiB bodies one
 /// XREADGROUP of 64 entries (the proxy) or one XREAD of 1,000 replies (the ingress) would hold
@@ -427,6 +427,16 @@ pub fn read_count(max_entries: usize, largest_entry: usize) -> usize {
         .checked_div(largest_entry)
         .unwrap_or(usize::MAX);
     max_entries.min(by_bytes).max(1)
+}
+
+/// The entry size [`read_count`] plans the next read with, after a read that brought
+/// `entries`: the largest of them, or half the previous figure if that is larger. Halving
+/// rather than forgetting means one small entry (a probe, a tiny request) between large ones
+/// does not open the next read to the full entry count at once; after a run of small entries
+/// the bound relaxes within a few reads.
+pub fn next_largest(previous: usize, entries: &[StreamEntry]) -> usize {
+    let largest = entries.iter().map(StreamEntry::size).max().unwrap_or(0);
+    largest.max(previous / 2)
 }
 
 impl StreamEntry {
@@ -611,6 +621,31 @@ mod tests {
         assert_eq!(read_count(64, 300), 64);
         assert_eq!(read_count(1_000, 300), 1_000);
         assert_eq!(read_count(3, 300), 3);
+    }
+
+    #[test]
+    fn the_planned_entry_size_halves_after_small_reads_instead_of_forgetting() {
+        let entry = |bytes: usize| StreamEntry {
+            id: "1-1".into(),
+            fields: vec![(
+                Bytes::from_static(b"payload"),
+                Bytes::from(vec![0u8; bytes]),
+            )],
+        };
+        let big = next_largest(0, &[entry(1 << 20), entry(10)]);
+        assert!(big > 1 << 20, "the largest entry of a read counts");
+        let after_small = next_largest(big, &[entry(10)]);
+        assert_eq!(after_small, big / 2, "one small read halves it");
+        assert!(read_count(64, after_small) <= 2, "still a few at a time");
+        let mut planned = after_small;
+        for _ in 0..30 {
+            planned = next_largest(planned, &[]);
+        }
+        assert_eq!(
+            read_count(64, planned),
+            64,
+            "a run of empty reads relaxes it"
+        );
     }
 
     #[test]
