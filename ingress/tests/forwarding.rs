@@ -687,3 +687,95 @@ async fn dot_segments_and_slow_bodies_get_clear_errors() {
         response.text()
     );
 }
+
+#[tokio::test]
+async fn a_forwarding_proxy_lists_dead_letters_only_with_the_admin_token() {
+    const TOKEN: &str = "forwarding-admin-token-0123";
+    let (stack, upstream) = forwarding_stack(
+        routes("/api=orders"),
+        vec![("ADMIN_TOKEN", TOKEN.to_string())],
+    )
+    .await;
+    // A second forwarding proxy, started without any token (the stack gives its proxies one).
+    let tokenless = Service::start(
+        "proxy",
+        &[
+            ("REDIS_URL", stack.proxy_redis_url.clone()),
+            ("QUEUE", "orders".to_string()),
+            ("UPSTREAM_URL", upstream.url.clone()),
+        ],
+    )
+    .await;
+    let (weather, forwarding) = (&stack.proxies[0], &stack.proxies[1]);
+    let list = |base: &str| format!("{base}/api/dead-letters");
+
+    // The weather demo's dead letters hold a city name: the list stays open.
+    let response = stack
+        .http
+        .get(list(&weather.url))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+
+    // A forwarding proxy's dead letters hold callers' headers and bodies.
+    let response = stack
+        .http
+        .get(list(&forwarding.url))
+        .send()
+        .await
+        .expect("GET");
+    assert!(response.headers().contains_key("www-authenticate"));
+    assert_problem(response, 401).await;
+    let response = stack
+        .http
+        .get(list(&forwarding.url))
+        .bearer_auth("not-the-token-at-all")
+        .send()
+        .await
+        .expect("GET");
+    assert_problem(response, 401).await;
+    let response = stack
+        .http
+        .get(list(&forwarding.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), 200);
+    let problem = assert_problem(
+        stack
+            .http
+            .get(list(&tokenless.url))
+            .send()
+            .await
+            .expect("GET"),
+        403,
+    )
+    .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ADMIN_TOKEN_FILE"),
+        "{problem}"
+    );
+
+    // Each proxy's OpenAPI document says what it enforces.
+    let security =
+        |document: &Value| document["paths"]["/api/dead-letters"]["get"]["security"].clone();
+    let document = |base: String| {
+        let http = stack.http.clone();
+        async move {
+            http.get(format!("{base}/api-docs/openapi.json"))
+                .send()
+                .await
+                .expect("GET openapi")
+                .json::<Value>()
+                .await
+                .expect("JSON")
+        }
+    };
+    assert!(security(&document(weather.url.clone()).await).is_null());
+    assert!(!security(&document(forwarding.url.clone()).await).is_null());
+}

@@ -53,4 +53,13 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Handles one request.
     fn handle<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, Result<Response, HandlerError>>;
+
+    /// Whether the requests this handler serves may carry callers' data (headers such as
+    /// `Authorization`, bodies with personal data). Then their dead letters hold that data too,
+    /// and listing them (`GET /api/dead-letters`) needs the admin token like every change does.
+    /// Yes unless a handler says otherwise: only the weather demo, whose entries are a city
+    /// name, keeps that list open.
+    fn private_payloads(&self) -> bool {
+        true
+    }
 }

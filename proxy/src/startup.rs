@@ -220,7 +220,7 @@ impl Application {
         let server_stop = CancellationToken::new();
         let mut server = tokio::spawn(shared::server::serve(
             listener,
-            router(state, admin),
+            router(state, admin, handler.private_payloads()),
             config.http.settings(),
             server_stop.clone(),
         ));

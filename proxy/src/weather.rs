@@ -56,6 +56,12 @@ impl Handler for Weather {
         "weather"
     }
 
+    /// A city and a location: nothing a caller needs to keep from whoever reads the proxy's
+    /// dead letters, so that list stays open (monitoring, demos).
+    fn private_payloads(&self) -> bool {
+        false
+    }
+
     fn handle<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, Result<Response, HandlerError>> {
         Box::pin(async move {
             let entry = request.entry;

@@ -93,12 +93,12 @@ pub fn problem_example(status: u16) -> Option<Value> {
         401 => (
             "unauthorized",
             "Authentication required",
-            "this endpoint changes the proxy; send `Authorization: Bearer <admin token>` (in Swagger UI: the Authorize button)",
+            "this endpoint needs the proxy's admin token; send `Authorization: Bearer <admin token>` (in Swagger UI: the Authorize button)",
         ),
         403 => (
             "admin-disabled",
             "Admin API not enabled",
-            "this proxy has no admin token, so its mutating admin endpoints are off; start it with ADMIN_TOKEN_FILE (or ADMIN_TOKEN) set to a secret token and send `Authorization: Bearer <token>` (docs/security.md)",
+            "this proxy has no admin token, so its admin endpoints are off; start it with ADMIN_TOKEN_FILE (or ADMIN_TOKEN) set to a secret token and send `Authorization: Bearer <token>` (docs/security.md)",
         ),
         404 => (
             "not-found",

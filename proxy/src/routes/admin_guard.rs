@@ -2,8 +2,11 @@
 //! layer to exactly the routes in [`PROTECTED`], and the OpenAPI changes that show it in
 //! Swagger UI (the bearer scheme, the Authorize button, 401/403 on those operations).
 //!
-//! Read-only routes (status, health, metrics, GET /api/config, listing dead letters, Swagger)
-//! stay open: they change nothing and monitoring must not need a secret.
+//! Read-only routes (status, health, metrics, GET /api/config, Swagger) stay open: they change
+//! nothing and monitoring must not need a secret. Listing dead letters is open too, except on a
+//! proxy whose handler carries callers' data ([`crate::handler::Handler::private_payloads`],
+//! e.g. the forwarder: headers and bodies of real requests): there it is behind the guard as
+//! well ([`READ_PROTECTED`]).
 
 use std::sync::Arc;
 
@@ -30,6 +33,9 @@ pub const PROTECTED: &[(&str, &str)] = &[
     ("delete", "/api/dead-letters/{id}"),
     ("delete", "/api/dead-letters"),
 ];
+
+/// The read-only endpoints that go behind the guard on a proxy with private payloads.
+pub const READ_PROTECTED: &[(&str, &str)] = &[("get", "/api/dead-letters")];
 
 /// What the guard compares against: the configured token, or none (admin endpoints off).
 #[derive(Debug, Clone)]
@@ -84,14 +90,14 @@ impl Refusal {
                 StatusCode::FORBIDDEN,
                 "admin-disabled",
                 "Admin API not enabled",
-                "this proxy has no admin token, so its mutating admin endpoints are off; start it with ADMIN_TOKEN_FILE (or ADMIN_TOKEN) set to a secret token and send `Authorization: Bearer <token>` (docs/security.md)",
+                "this proxy has no admin token, so its admin endpoints are off; start it with ADMIN_TOKEN_FILE (or ADMIN_TOKEN) set to a secret token and send `Authorization: Bearer <token>` (docs/security.md)",
                 None,
             ),
             Refusal::Missing => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "Authentication required",
-                "this endpoint changes the proxy; send `Authorization: Bearer <admin token>` (in Swagger UI: the Authorize button)",
+                "this endpoint needs the proxy's admin token; send `Authorization: Bearer <admin token>` (in Swagger UI: the Authorize button)",
                 Some(r#"Bearer realm="proxy-admin""#),
             ),
             Refusal::Invalid => (
@@ -158,25 +164,35 @@ impl utoipa::Modify for BearerSecurity {
             ),
         );
         for (method, path) in PROTECTED {
-            let Some(item) = openapi.paths.paths.get_mut(*path) else {
-                continue;
-            };
-            let Some(operation) = operation_mut(item, method) else {
-                continue;
-            };
-            operation.security = Some(vec![SecurityRequirement::new(SCHEME, Vec::<String>::new())]);
-            let responses = &mut operation.responses.responses;
-            responses.insert("401".into(), problem_response(
-                "No `Authorization: Bearer` header, or not the admin token (`WWW-Authenticate: Bearer`)",
-            ));
-            let forbidden = if path.starts_with("/api/config") {
-                "No admin token is configured (ADMIN_TOKEN_FILE), or failure injection is off (FAULT_INJECTION=off)"
-            } else {
-                "No admin token is configured on this proxy (ADMIN_TOKEN_FILE)"
-            };
-            responses.insert("403".into(), problem_response(forbidden));
+            mark_protected(openapi, method, path);
         }
     }
+}
+
+/// Marks one operation of `openapi` as needing the bearer token, with its 401/403 answers.
+/// [`BearerSecurity`] does it for every [`PROTECTED`] operation; the proxy's router does it
+/// for [`READ_PROTECTED`] when its handler has private payloads.
+pub fn mark_protected(openapi: &mut OpenApi, method: &str, path: &str) {
+    let Some(item) = openapi.paths.paths.get_mut(path) else {
+        return;
+    };
+    let Some(operation) = operation_mut(item, method) else {
+        return;
+    };
+    operation.security = Some(vec![SecurityRequirement::new(SCHEME, Vec::<String>::new())]);
+    let responses = &mut operation.responses.responses;
+    responses.insert(
+        "401".into(),
+        problem_response(
+            "No `Authorization: Bearer` header, or not the admin token (`WWW-Authenticate: Bearer`)",
+        ),
+    );
+    let forbidden = if path.starts_with("/api/config") {
+        "No admin token is configured (ADMIN_TOKEN_FILE), or failure injection is off (FAULT_INJECTION=off)"
+    } else {
+        "No admin token is configured on this proxy (ADMIN_TOKEN_FILE)"
+    };
+    responses.insert("403".into(), problem_response(forbidden));
 }
 
 fn operation_mut<'a>(
@@ -184,6 +200,7 @@ fn operation_mut<'a>(
     method: &str,
 ) -> Option<&'a mut utoipa::openapi::path::Operation> {
     match method {
+        "get" => item.get.as_mut(),
         "post" => item.post.as_mut(),
         "delete" => item.delete.as_mut(),
         "put" => item.put.as_mut(),

@@ -70,7 +70,7 @@ pub struct ProxyState {
         (name = "health", description = "Liveness and readiness"),
         (name = "operations", description = "Prometheus metrics"),
         (name = "failure injection", description = "Inject faults at run time (demos, chaos tests): all rates 0 at start; changing them needs the admin token, and FAULT_INJECTION=off refuses them"),
-        (name = "dead letters", description = "Requests that could not be processed: list, replay, delete (replay and delete need the admin token)"),
+        (name = "dead letters", description = "Requests that could not be processed: list, replay, delete (replay and delete need the admin token; listing too on a proxy whose requests carry callers' data, e.g. a forwarding proxy)"),
     ),
     modifiers(&BearerSecurity, &EntryIdPattern, &HttpContract)
 )]
@@ -110,10 +110,38 @@ impl utoipa::Modify for EntryIdPattern {
     }
 }
 
+/// The OpenAPI document of a proxy; with `private_payloads` (see
+/// [`crate::handler::Handler::private_payloads`]) listing dead letters is marked as needing the
+/// admin token, as the router then enforces.
+pub fn openapi(private_payloads: bool) -> utoipa::openapi::OpenApi {
+    let mut document = ApiDoc::openapi();
+    if private_payloads {
+        for (method, path) in admin_guard::READ_PROTECTED {
+            admin_guard::mark_protected(&mut document, method, path);
+        }
+        // Again, for the answers just added (examples; it changes nothing it did before).
+        utoipa::Modify::modify(&HttpContract, &mut document);
+    }
+    document
+}
+
 /// Builds the proxy's router. The mutating admin routes sit in their own router behind one
 /// route layer, [`admin_guard::require_admin`]; the read-only routes on the same paths (GET)
-/// are registered on the open router, and `merge` joins the two method sets per path.
-pub fn router(state: ProxyState, admin: Arc<AdminGuard>) -> Router {
+/// are registered on the open router, and `merge` joins the two method sets per path. With
+/// `private_payloads`, listing dead letters goes behind the guard too
+/// ([`admin_guard::READ_PROTECTED`]).
+pub fn router(state: ProxyState, admin: Arc<AdminGuard>, private_payloads: bool) -> Router {
+    let (open_reads, guarded_reads) = if private_payloads {
+        (
+            Router::new(),
+            Router::new().route("/api/dead-letters", get(dead_letters::list)),
+        )
+    } else {
+        (
+            Router::new().route("/api/dead-letters", get(dead_letters::list)),
+            Router::new(),
+        )
+    };
     let fault_admin = Router::new()
         .route("/api/config", post(faults::update_config))
         .route("/api/config/reset", post(faults::reset_config))
@@ -121,7 +149,7 @@ pub fn router(state: ProxyState, admin: Arc<AdminGuard>) -> Router {
             state.faults.clone(),
             faults::refuse_when_disabled,
         ));
-    let admin_routes = Router::new()
+    let admin_routes = guarded_reads
         .route("/api/dead-letters", delete(dead_letters::purge))
         .route("/api/dead-letters/replay", post(dead_letters::replay_all))
         .route("/api/dead-letters/{id}", delete(dead_letters::delete_one))
@@ -141,9 +169,9 @@ pub fn router(state: ProxyState, admin: Arc<AdminGuard>) -> Router {
         .route("/healthz", get(status::healthz))
         .route("/metrics", get(shared::http::metrics_handler))
         .route("/api/config", get(faults::get_config))
-        .route("/api/dead-letters", get(dead_letters::list))
+        .merge(open_reads)
         .merge(admin_routes)
-        .merge(SwaggerUi::new("/swagger").url("/api-docs/openapi.json", ApiDoc::openapi()))
+        .merge(SwaggerUi::new("/swagger").url("/api-docs/openapi.json", openapi(private_payloads)))
         .fallback(shared::http::not_found)
         .method_not_allowed_fallback(shared::http::method_not_allowed)
         .layer(middleware::from_fn(shared::http::request_context))
@@ -153,6 +181,23 @@ pub fn router(state: ProxyState, admin: Arc<AdminGuard>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proxy_with_private_payloads_documents_the_token_on_the_dead_letter_list() {
+        let open = serde_json::to_value(openapi(false)).expect("JSON"); // invariant: test code
+        let private = serde_json::to_value(openapi(true)).expect("JSON"); // invariant: test code
+        let list =
+            |document: &serde_json::Value| document["paths"]["/api/dead-letters"]["get"].clone();
+        assert!(list(&open)["security"].is_null());
+        assert!(list(&open)["responses"]["401"].is_null());
+        assert!(list(&private)["security"].is_array());
+        assert!(list(&private)["responses"]["401"].is_object());
+        assert!(list(&private)["responses"]["403"].is_object());
+        assert_eq!(
+            shared::openapi::contract_violations(&private),
+            Vec::<String>::new()
+        );
+    }
 
     #[test]
     fn the_document_states_what_the_service_enforces() {
