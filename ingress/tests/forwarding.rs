@@ -779,3 +779,42 @@ async fn a_forwarding_proxy_lists_dead_letters_only_with_the_admin_token() {
     assert!(security(&document(weather.url.clone()).await).is_null());
     assert!(!security(&document(forwarding.url.clone()).await).is_null());
 }
+
+#[tokio::test]
+async fn a_proxy_without_upstream_on_a_forwarded_queue_keeps_bodies_out_of_its_open_list() {
+    let (stack, _upstream) = forwarding_stack(routes("/api=orders,/stray=stray"), vec![]).await;
+    // The misconfiguration docs/forwarding.md warns about: QUEUE without UPSTREAM_URL. It
+    // serves the weather demo, which dead-letters `http` entries, and its list needs no token.
+    let misconfigured = Service::start(
+        "proxy",
+        &[
+            ("REDIS_URL", stack.proxy_redis_url.clone()),
+            ("QUEUE", "stray".to_string()),
+        ],
+    )
+    .await;
+    let response = stack
+        .http
+        .post(format!("{}/stray/x", stack.ingress().url))
+        .body("secret-body-of-a-caller")
+        .send()
+        .await
+        .expect("POST");
+    assert_problem(response, 502).await;
+    let letters: Value = stack
+        .http
+        .get(format!("{}/api/dead-letters", misconfigured.url))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    let letters = letters.as_array().cloned().unwrap_or_default();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["operation"], "http");
+    assert!(
+        letters[0]["payload"].is_null(),
+        "a forwarded body is listed without a token: {letters:?}"
+    );
+}

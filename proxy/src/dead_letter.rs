@@ -77,6 +77,9 @@ pub struct DeadLetter {
     pub source_id: String,
     pub request_id: Option<String>,
     pub operation: Option<String>,
+    /// The payload when it is UTF-8 text. Where the list needs no admin token (the weather
+    /// demo), only weather entries show theirs: any other entry's payload (e.g. a forwarded
+    /// request's body, dead-lettered by a misconfigured proxy) is left out.
     pub payload: Option<String>,
     pub reply_to: Option<String>,
     /// `unreadable`, `unsupported_version`, `invalid_payload` or `max_deliveries`.

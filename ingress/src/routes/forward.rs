@@ -345,7 +345,7 @@ fn body_too_large(route: &RouteConfig) -> ApiError {
             "payload-too-large",
             "Body too large",
             format!(
-                "route `{}` accepts bodies up to {} bytes (max_body_bytes in ROUTES_FILE)",
+                "route `{}` accepts bodies up to {} bytes; send a smaller body (the limit is the route's max_body_bytes in ROUTES_FILE, 1 MiB by default)",
                 route.prefix, route.max_body_bytes
             ),
         ),

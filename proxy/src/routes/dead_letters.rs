@@ -115,6 +115,32 @@ pub async fn list(
         .map_err(|err| redis_problem(err, &request_id))
 }
 
+/// The list as served without the admin token (a proxy whose own handler has no private
+/// payloads, i.e. the weather demo): payloads only of weather entries. An `http` entry still
+/// lands here when a proxy without UPSTREAM_URL is pointed at a forwarded queue, and its body
+/// is a caller's data.
+pub async fn list_open(
+    state: State<ProxyState>,
+    request_id: RequestId,
+    limit: ApiQuery<Limit>,
+) -> Result<Json<Vec<DeadLetter>>, Problem> {
+    let Json(mut letters) = list(state, request_id, limit).await?;
+    for letter in &mut letters {
+        if !is_weather(letter.operation.as_deref()) {
+            letter.payload = None;
+        }
+    }
+    Ok(Json(letters))
+}
+
+fn is_weather(operation: Option<&str>) -> bool {
+    use shared::protocol::Operation;
+    matches!(
+        operation.and_then(Operation::parse),
+        Some(Operation::CityForecast | Operation::SampleForecast)
+    )
+}
+
 /// Puts one dead letter back on the request stream, with a fresh 30 s deadline. Atomic: of
 /// several concurrent replays of one id exactly one gets 200, the others 404.
 #[utoipa::path(post, path = "/api/dead-letters/{id}/replay", tag = "dead letters",

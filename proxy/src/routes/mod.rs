@@ -138,7 +138,7 @@ pub fn router(state: ProxyState, admin: Arc<AdminGuard>, private_payloads: bool)
         )
     } else {
         (
-            Router::new().route("/api/dead-letters", get(dead_letters::list)),
+            Router::new().route("/api/dead-letters", get(dead_letters::list_open)),
             Router::new(),
         )
     };
