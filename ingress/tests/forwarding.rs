@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Stack, StackOptions, assert_forecast, assert_problem};
+use common::{Stack, StackOptions, assert_forecast, assert_problem, get_json};
 use serde_json::Value;
 use testkit::{Service, wait_until};
 
@@ -47,12 +47,7 @@ fn header(response: &reqwest::Response, name: &str) -> Option<String> {
 }
 
 async fn upstream_stats(upstream: &Service) -> Value {
-    reqwest::get(format!("{}/stats", upstream.url))
-        .await
-        .expect("GET /stats")
-        .json()
-        .await
-        .expect("stats JSON")
+    get_json(&reqwest::Client::new(), &format!("{}/stats", upstream.url)).await
 }
 
 #[tokio::test]
@@ -707,52 +702,29 @@ async fn a_forwarding_proxy_lists_dead_letters_only_with_the_admin_token() {
     )
     .await;
     let (weather, forwarding) = (&stack.proxies[0], &stack.proxies[1]);
-    let list = |base: &str| format!("{base}/api/dead-letters");
+    let list = |base: &str, token: Option<&str>| {
+        let request = stack.http.get(format!("{base}/api/dead-letters"));
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move { request.send().await.expect("GET") }
+    };
 
     // The weather demo's dead letters hold a city name: the list stays open.
-    let response = stack
-        .http
-        .get(list(&weather.url))
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(response.status(), 200);
+    assert_eq!(list(&weather.url, None).await.status(), 200);
 
     // A forwarding proxy's dead letters hold callers' headers and bodies.
-    let response = stack
-        .http
-        .get(list(&forwarding.url))
-        .send()
-        .await
-        .expect("GET");
+    let response = list(&forwarding.url, None).await;
     assert!(response.headers().contains_key("www-authenticate"));
     assert_problem(response, 401).await;
-    let response = stack
-        .http
-        .get(list(&forwarding.url))
-        .bearer_auth("not-the-token-at-all")
-        .send()
-        .await
-        .expect("GET");
-    assert_problem(response, 401).await;
-    let response = stack
-        .http
-        .get(list(&forwarding.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(response.status(), 200);
-    let problem = assert_problem(
-        stack
-            .http
-            .get(list(&tokenless.url))
-            .send()
-            .await
-            .expect("GET"),
-        403,
+    assert_problem(
+        list(&forwarding.url, Some("not-the-token-at-all")).await,
+        401,
     )
     .await;
+    assert_eq!(list(&forwarding.url, Some(TOKEN)).await.status(), 200);
+    let problem = assert_problem(list(&tokenless.url, None).await, 403).await;
     assert!(
         problem["detail"]
             .as_str()
@@ -762,22 +734,15 @@ async fn a_forwarding_proxy_lists_dead_letters_only_with_the_admin_token() {
     );
 
     // Each proxy's OpenAPI document says what it enforces.
-    let security =
-        |document: &Value| document["paths"]["/api/dead-letters"]["get"]["security"].clone();
-    let document = |base: String| {
-        let http = stack.http.clone();
+    let http = &stack.http;
+    let security = |base: &str| {
+        let url = format!("{base}/api-docs/openapi.json");
         async move {
-            http.get(format!("{base}/api-docs/openapi.json"))
-                .send()
-                .await
-                .expect("GET openapi")
-                .json::<Value>()
-                .await
-                .expect("JSON")
+            get_json(http, &url).await["paths"]["/api/dead-letters"]["get"]["security"].clone()
         }
     };
-    assert!(security(&document(weather.url.clone()).await).is_null());
-    assert!(!security(&document(forwarding.url.clone()).await).is_null());
+    assert!(security(&weather.url).await.is_null());
+    assert!(!security(&forwarding.url).await.is_null());
 }
 
 #[tokio::test]
@@ -801,15 +766,11 @@ async fn a_proxy_without_upstream_on_a_forwarded_queue_keeps_bodies_out_of_its_o
         .await
         .expect("POST");
     assert_problem(response, 502).await;
-    let letters: Value = stack
-        .http
-        .get(format!("{}/api/dead-letters", misconfigured.url))
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
+    let letters = get_json(
+        &stack.http,
+        &format!("{}/api/dead-letters", misconfigured.url),
+    )
+    .await;
     let letters = letters.as_array().cloned().unwrap_or_default();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0]["operation"], "http");

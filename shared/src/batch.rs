@@ -140,46 +140,73 @@ mod tests {
         assert_eq!(batcher.submit(5).await, Ok(50));
     }
 
-    #[tokio::test]
-    async fn items_queued_during_a_write_share_the_next_one_up_to_the_limit() {
-        let sizes = Arc::new(Mutex::new(Vec::new()));
-        let seen = sizes.clone();
-        let (release, gate) = tokio::sync::watch::channel(false);
-        let batcher = Batcher::start(3, 1, move |items: Vec<u32>| {
-            seen.lock()
+    /// Batches written so far, in order.
+    type Written = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// A writer that records each batch and holds every write until `gate` opens, so items
+    /// queue up behind the first write.
+    fn held_writer(
+        written: Written,
+        gate: tokio::sync::watch::Receiver<bool>,
+    ) -> impl FnMut(Vec<u32>) -> std::pin::Pin<Box<dyn Future<Output = Vec<u32>> + Send>> + Send + 'static
+    {
+        move |items: Vec<u32>| {
+            written
+                .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(items.len());
+                .push(items.clone());
             let mut gate = gate.clone();
-            async move {
-                // The first write blocks until every other item is queued.
+            Box::pin(async move {
                 let _ = gate.wait_for(|open| *open).await;
                 items
-            }
-        });
+            })
+        }
+    }
+
+    /// Submits 0 and waits until its write has started (and blocks), then submits `rest` one
+    /// at a time (so they queue in that order), opens the gate and checks every outcome.
+    /// Returns the batches written.
+    async fn submit_behind_a_held_write(
+        batcher: Batcher<u32, u32>,
+        written: Written,
+        release: tokio::sync::watch::Sender<bool>,
+        rest: &[u32],
+    ) -> Vec<Vec<u32>> {
+        let batches = || written.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let first = tokio::spawn({
             let batcher = batcher.clone();
             async move { batcher.submit(0).await }
         });
-        tokio::task::yield_now().await;
-        let rest: Vec<_> = (1..=5)
-            .map(|n| {
-                let batcher = batcher.clone();
-                tokio::spawn(async move { batcher.submit(n).await })
-            })
-            .collect();
-        for _ in 0..10 {
+        while batches().is_empty() {
             tokio::task::yield_now().await;
+        }
+        let mut tasks = Vec::new();
+        for &n in rest {
+            let batcher = batcher.clone();
+            tasks.push((n, tokio::spawn(async move { batcher.submit(n).await })));
+            for _ in 0..5 {
+                tokio::task::yield_now().await;
+            }
         }
         let _ = release.send(true);
         assert_eq!(first.await.ok(), Some(Ok(0)));
-        for (n, task) in (1..=5).zip(rest) {
+        for (n, task) in tasks {
             assert_eq!(
                 task.await.ok(),
                 Some(Ok(n)),
                 "each caller gets its own outcome"
             );
         }
-        let sizes = sizes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        batches()
+    }
+
+    #[tokio::test]
+    async fn items_queued_during_a_write_share_the_next_one_up_to_the_limit() {
+        let written = Written::default();
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let batcher = Batcher::start(3, 1, held_writer(written.clone(), gate));
+        let batches = submit_behind_a_held_write(batcher, written, release, &[1, 2, 3, 4, 5]).await;
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(
             sizes,
             vec![1, 3, 2],
@@ -189,8 +216,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_stops_before_its_weight_passes_the_limit_but_a_heavy_item_goes_alone() {
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let seen = batches.clone();
+        let written = Written::default();
         let (release, gate) = tokio::sync::watch::channel(false);
         // Each item weighs its value; at most 10 per batch.
         let batcher = Batcher::start_weighed(
@@ -198,45 +224,10 @@ mod tests {
             10,
             |n: &u32| *n as usize,
             1,
-            move |items: Vec<u32>| {
-                seen.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(items.clone());
-                let mut gate = gate.clone();
-                async move {
-                    let _ = gate.wait_for(|open| *open).await;
-                    items
-                }
-            },
+            held_writer(written.clone(), gate),
         );
-        let first = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.submit(0).await }
-        });
-        // The first write has started (and blocks) before anything else is queued.
-        let started = || batches.lock().unwrap_or_else(|p| p.into_inner()).len();
-        while started() == 0 {
-            tokio::task::yield_now().await;
-        }
-        let mut rest = Vec::new();
-        for n in [8, 3, 4, 20, 1] {
-            let batcher = batcher.clone();
-            rest.push((n, tokio::spawn(async move { batcher.submit(n).await })));
-            // Queue them one at a time, so their order is the order above.
-            for _ in 0..5 {
-                tokio::task::yield_now().await;
-            }
-        }
-        let _ = release.send(true);
-        assert_eq!(first.await.ok(), Some(Ok(0)));
-        for (n, task) in rest {
-            assert_eq!(
-                task.await.ok(),
-                Some(Ok(n)),
-                "each caller gets its own outcome"
-            );
-        }
-        let batches = batches.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let batches =
+            submit_behind_a_held_write(batcher, written, release, &[8, 3, 4, 20, 1]).await;
         assert_eq!(
             batches,
             vec![vec![0], vec![8], vec![3, 4], vec![20], vec![1]],

@@ -188,6 +188,17 @@ pub async fn assert_forecast(
     body
 }
 
+/// GET `url` and its JSON body (any status).
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
 /// Asserts a problem+json error with `status`, returns the body.
 pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status(), status);
