@@ -287,3 +287,30 @@ async fn running_out_of_file_descriptors_neither_stops_the_service_nor_spins() {
     );
     assert!(!logs.contains("panicked"), "{logs}");
 }
+
+#[tokio::test]
+async fn tunnel_and_asterisk_requests_get_a_405_that_says_why_not_an_empty_404() {
+    let stack = ingress_with(&[]).await;
+    for request in [
+        &b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"[..],
+        &b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+    ] {
+        let mut connection = connect(&stack.ingress().url).await;
+        send(&mut connection, request).await;
+        let response = read_response(&mut connection, GENEROUS).await;
+        let line = String::from_utf8_lossy(request.split(|b| *b == b'\r').next().unwrap_or(b""))
+            .to_string();
+        assert_eq!(response.status, 405, "{line}: {}", response.text());
+        assert_eq!(
+            response.header("content-type").as_deref(),
+            Some("application/problem+json"),
+            "{line}"
+        );
+        let body = response.text();
+        assert!(
+            body.contains("does not open tunnels") && body.contains("/swagger"),
+            "{line}: {body}"
+        );
+    }
+    assert_serves(stack.ingress()).await;
+}

@@ -274,9 +274,25 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Fallback for unknown paths: a 404 problem instead of an empty body.
+/// Fallback for unknown paths: a 404 problem instead of an empty body. A request whose target
+/// is not a path (`CONNECT host:443`, `OPTIONS *`) gets a 405 saying so rather than a 404
+/// naming an empty path: these services are origin servers, not tunnels or forward proxies.
 pub async fn not_found(request: Request) -> Problem {
-    let problem = Problem::not_found(request.uri().path());
+    let path = request.uri().path();
+    let problem = if request.method() == Method::CONNECT || !path.starts_with('/') {
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            format!(
+                "{} `{}` is not served: this service answers requests for paths (e.g. `GET /health/live`), it does not open tunnels; see /swagger for the endpoints",
+                request.method(),
+                request.uri()
+            ),
+        )
+    } else {
+        Problem::not_found(path)
+    };
     match request.extensions().get::<RequestId>() {
         Some(id) => problem.with_request_id(id),
         None => problem,
