@@ -230,7 +230,12 @@ impl Application {
             terminals = config.terminals,
             handler = handler.name(),
             upstream = config.upstream_url.as_deref().unwrap_or("-"),
-            processing_delay_ms = %config.processing_delay_ms,
+            // PROCESSING_DELAY_MS only shapes the weather demo's simulated work.
+            processing_delay_ms = %if handler.name() == "weather" {
+                config.processing_delay_ms.to_string()
+            } else {
+                "-".to_string()
+            },
             request_stream = stream,
             group,
             dead_letter_stream,
