@@ -322,6 +322,83 @@ async fn an_unreachable_upstream_is_a_502_at_once_and_a_slow_one_a_504_that_canc
     .await;
 }
 
+/// An "upstream" that answers every request with bytes that are not HTTP, counting the
+/// connections it accepted. A real HTTP server cannot be made to send this; a raw socket can.
+async fn garbage_upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a port for the garbage upstream");
+    let url = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .expect("the garbage upstream's address")
+    );
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = socket.write_all(b"THIS IS NOT HTTP\r\n\r\n").await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn an_upstream_answering_with_something_not_http_is_a_502_at_once_and_not_retried() {
+    let (garbage, accepted) = garbage_upstream().await;
+    let mut stack = Stack::start(StackOptions {
+        proxies: 0,
+        ingress_env: vec![
+            ("ROUTES", "/api=orders".to_string()),
+            ("NO_CONSUMER_GRACE", "30s".to_string()),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    stack
+        .add_proxy(&[("QUEUE", "orders".into()), ("UPSTREAM_URL", garbage)])
+        .await;
+    // A GET is safe to repeat after a connection failure; an invalid answer is not one.
+    let response = stack
+        .http
+        .get(format!("{}/api/x", stack.ingress().url))
+        .header("request-timeout", "20s")
+        .send()
+        .await
+        .expect("GET");
+    let problem = assert_problem(response, 502).await;
+    assert_eq!(
+        problem["type"], "urn:problem:broker:proxy-error",
+        "{problem}"
+    );
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("upstream_invalid_response:") && detail.contains("not valid HTTP/1.1"),
+        "{problem}"
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "sent once, not retried"
+    );
+}
+
 #[tokio::test]
 async fn responses_over_the_limit_are_a_502_and_route_settings_apply() {
     let upstream = Service::start("echo-upstream", &[]).await;

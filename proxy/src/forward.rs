@@ -168,6 +168,19 @@ impl Forwarder {
             let upstream_request = self.build(&request)?;
             match self.client.request(upstream_request).await {
                 Ok(response) => break response,
+                Err(err) if is_invalid_response(&err) => {
+                    // It answered, with something that is not HTTP/1.1: asking again gets the
+                    // same, and the request may have been acted on. Not retried.
+                    self.record("invalid", started);
+                    return Err(HandlerError::Failed {
+                        code: "upstream_invalid_response",
+                        message: format!(
+                            "the upstream {} sent a response that is not valid HTTP/1.1: {}",
+                            self.upstream(),
+                            error_chain(&err)
+                        ),
+                    });
+                }
                 Err(err) => {
                     // A failed connect never reached the upstream: safe for any method.
                     // Anything else may have: only for requests safe to repeat.
@@ -201,7 +214,7 @@ impl Forwarder {
         // A final answer only: a 101 (the Upgrade header is not passed) or a code past 599
         // would be a broken response at the client.
         if !(200..=599).contains(&parts.status.as_u16()) {
-            self.record("unavailable", started);
+            self.record("invalid", started);
             return Err(HandlerError::Failed {
                 code: "upstream_invalid_response",
                 message: format!(
@@ -328,11 +341,24 @@ fn status_class(status: u16) -> &'static str {
 
 impl Forwarder {
     /// One upstream call in `proxy_upstream_seconds{queue, outcome}`: the status class, or
-    /// `unavailable` / `too_large`. Retries are inside one call.
+    /// `unavailable` / `too_large` / `invalid`. Retries are inside one call.
     fn record(&self, outcome: &'static str, started: Instant) {
         metrics::histogram!("proxy_upstream_seconds", "queue" => self.queue.clone(), "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
     }
+}
+
+/// Whether the upstream answered with bytes that are not a valid HTTP/1.1 response (a bad
+/// status line, malformed headers, a head over hyper's limit), as opposed to no answer at all.
+fn is_invalid_response(err: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
+            return hyper_error.is_parse() || hyper_error.is_parse_status();
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// The error and its causes on one line (hyper's top-level message alone says little).
