@@ -7,6 +7,9 @@
 --   get       GET of the URL as given (scripts/bench-forward: the upstream directly, or a
 --             forwarded route; the weather sample GET /WeatherForecast)
 --   upload    POST of BENCH_WRK_BODY_BYTES bytes (default 1 MiB) of binary data to the URL
+-- BENCH_WRK_PACE_MS=N makes each connection wait a random 0..2N ms (mean N) before each
+-- request: an open-ish load of about connections / (N ms + latency) requests per second, the
+-- same for paths of different speed (scripts/bench-forward's equal-load CPU point).
 -- At the end one line `WRK_JSON {...}` carries the figures (latencies in ms).
 
 local kind = os.getenv("BENCH_WRK_KIND") or "post"
@@ -28,6 +31,13 @@ if kind == "upload" then
   wrk.method = "POST"
   wrk.body = string.rep(chunk, math.floor(n / 256)) .. string.sub(chunk, 1, n % 256)
   wrk.headers["Content-Type"] = "application/octet-stream"
+end
+
+local pace = tonumber(os.getenv("BENCH_WRK_PACE_MS") or "0")
+if pace > 0 then
+  function delay()
+    return math.random(0, 2 * pace)
+  end
 end
 
 function done(summary, latency, requests)
