@@ -26,13 +26,37 @@ async fn forwarding_stack(
         ..StackOptions::default()
     })
     .await;
-    let mut env = vec![
-        ("QUEUE", "orders".to_string()),
-        ("UPSTREAM_URL", upstream.url.clone()),
-    ];
-    env.extend(proxy_env);
-    stack.add_proxy(&env).await;
+    let extra: Vec<(&'static str, &str)> =
+        proxy_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    add_forwarder(&mut stack, "orders", &upstream.url, &extra).await;
     (stack, upstream)
+}
+
+/// An ingress with `env` and no proxy yet: each test adds its queues' proxies.
+async fn ingress_alone(mut env: Vec<(&'static str, String)>) -> Stack {
+    // The queues' proxies start after the ingress: never let that read as "no consumers".
+    env.push(("NO_CONSUMER_GRACE", "30s".to_string()));
+    Stack::start(StackOptions {
+        proxies: 0,
+        ingress_env: env,
+        ..StackOptions::default()
+    })
+    .await
+}
+
+/// Starts a proxy forwarding `queue` to `upstream`, with `extra` settings.
+async fn add_forwarder(
+    stack: &mut Stack,
+    queue: &str,
+    upstream: &str,
+    extra: &[(&'static str, &str)],
+) {
+    let mut env = vec![
+        ("QUEUE", queue.to_string()),
+        ("UPSTREAM_URL", upstream.to_string()),
+    ];
+    env.extend(extra.iter().map(|(name, value)| (*name, value.to_string())));
+    stack.add_proxy(&env).await;
 }
 
 fn routes(value: &str) -> Vec<(&'static str, String)> {
@@ -272,25 +296,10 @@ async fn upstream_statuses_come_back_unchanged_and_other_paths_keep_their_routes
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_502_at_once_and_a_slow_one_a_504_that_cancels_the_call() {
     let upstream = Service::start("echo-upstream", &[]).await;
-    let mut stack = Stack::start(StackOptions {
-        proxies: 0,
-        ingress_env: vec![
-            ("ROUTES", "/down=down,/api=orders".to_string()),
-            ("NO_CONSUMER_GRACE", "30s".to_string()),
-        ],
-        ..StackOptions::default()
-    })
-    .await;
+    let mut stack = ingress_alone(routes("/down=down,/api=orders")).await;
     let closed = format!("http://127.0.0.1:{}", testkit::free_port());
-    stack
-        .add_proxy(&[("QUEUE", "down".into()), ("UPSTREAM_URL", closed)])
-        .await;
-    stack
-        .add_proxy(&[
-            ("QUEUE", "orders".into()),
-            ("UPSTREAM_URL", upstream.url.clone()),
-        ])
-        .await;
+    add_forwarder(&mut stack, "down", &closed, &[]).await;
+    add_forwarder(&mut stack, "orders", &upstream.url, &[]).await;
     for method in [reqwest::Method::POST, reqwest::Method::GET] {
         let response = stack
             .http
@@ -362,18 +371,8 @@ async fn garbage_upstream() -> (String, std::sync::Arc<std::sync::atomic::Atomic
 #[tokio::test]
 async fn an_upstream_answering_with_something_not_http_is_a_502_at_once_and_not_retried() {
     let (garbage, accepted) = garbage_upstream().await;
-    let mut stack = Stack::start(StackOptions {
-        proxies: 0,
-        ingress_env: vec![
-            ("ROUTES", "/api=orders".to_string()),
-            ("NO_CONSUMER_GRACE", "30s".to_string()),
-        ],
-        ..StackOptions::default()
-    })
-    .await;
-    stack
-        .add_proxy(&[("QUEUE", "orders".into()), ("UPSTREAM_URL", garbage)])
-        .await;
+    let mut stack = ingress_alone(routes("/api=orders")).await;
+    add_forwarder(&mut stack, "orders", &garbage, &[]).await;
     // A GET is safe to repeat after a connection failure; an invalid answer is not one.
     let response = stack
         .http
@@ -409,22 +408,14 @@ async fn responses_over_the_limit_are_a_502_and_route_settings_apply() {
         "[[route]]\nprefix = \"/v1/orders\"\nqueue = \"orders\"\nmax_body_bytes = 10\nmethods = [\"GET\", \"POST\"]\nstrip_prefix = true\n",
     )
     .expect("write routes file");
-    let mut stack = Stack::start(StackOptions {
-        proxies: 0,
-        ingress_env: vec![
-            ("ROUTES_FILE", file.display().to_string()),
-            ("NO_CONSUMER_GRACE", "30s".to_string()),
-        ],
-        ..StackOptions::default()
-    })
+    let mut stack = ingress_alone(vec![("ROUTES_FILE", file.display().to_string())]).await;
+    add_forwarder(
+        &mut stack,
+        "orders",
+        &upstream.url,
+        &[("UPSTREAM_MAX_RESPONSE_BYTES", "1000")],
+    )
     .await;
-    stack
-        .add_proxy(&[
-            ("QUEUE", "orders".into()),
-            ("UPSTREAM_URL", upstream.url.clone()),
-            ("UPSTREAM_MAX_RESPONSE_BYTES", "1000".into()),
-        ])
-        .await;
     let base = format!("{}/v1/orders", stack.ingress().url);
     let response = stack
         .http
@@ -487,28 +478,15 @@ async fn responses_over_the_limit_are_a_502_and_route_settings_apply() {
 async fn each_queue_is_its_own_stream_so_a_slow_backend_holds_up_no_other() {
     let slow_upstream = Service::start("echo-upstream", &[]).await;
     let fast_upstream = Service::start("echo-upstream", &[]).await;
-    let mut stack = Stack::start(StackOptions {
-        proxies: 0,
-        ingress_env: vec![
-            ("ROUTES", "/api=orders,/reports=reports".to_string()),
-            ("NO_CONSUMER_GRACE", "30s".to_string()),
-        ],
-        ..StackOptions::default()
-    })
+    let mut stack = ingress_alone(routes("/api=orders,/reports=reports")).await;
+    add_forwarder(
+        &mut stack,
+        "orders",
+        &slow_upstream.url,
+        &[("TERMINALS", "1")],
+    )
     .await;
-    stack
-        .add_proxy(&[
-            ("QUEUE", "orders".into()),
-            ("UPSTREAM_URL", slow_upstream.url.clone()),
-            ("TERMINALS", "1".into()),
-        ])
-        .await;
-    stack
-        .add_proxy(&[
-            ("QUEUE", "reports".into()),
-            ("UPSTREAM_URL", fast_upstream.url.clone()),
-        ])
-        .await;
+    add_forwarder(&mut stack, "reports", &fast_upstream.url, &[]).await;
     // Occupy the orders queue's only terminal for a long time.
     let http = stack.http.clone();
     let slow_url = format!("{}/api/slow?ms=20000", stack.ingress().url);
@@ -562,15 +540,7 @@ async fn each_queue_is_its_own_stream_so_a_slow_backend_holds_up_no_other() {
 async fn a_request_whose_proxy_is_killed_reaches_the_upstream_again_with_attempt_2_and_is_answered_once()
  {
     let upstream = Service::start("echo-upstream", &[]).await;
-    let mut stack = Stack::start(StackOptions {
-        proxies: 0,
-        ingress_env: vec![
-            ("ROUTES", "/api=orders".to_string()),
-            ("NO_CONSUMER_GRACE", "30s".to_string()),
-        ],
-        ..StackOptions::default()
-    })
-    .await;
+    let mut stack = ingress_alone(routes("/api=orders")).await;
     let proxy_env = [
         ("QUEUE", "orders".to_string()),
         ("UPSTREAM_URL", upstream.url.clone()),
@@ -648,22 +618,12 @@ async fn the_body_budget_holds_only_bodies_being_read_and_bodyless_requests_take
         "[[route]]\nprefix = \"/api\"\nqueue = \"orders\"\nmax_body_bytes = 10000\n",
     )
     .expect("write routes file");
-    let mut stack = Stack::start(StackOptions {
-        proxies: 0,
-        ingress_env: vec![
-            ("ROUTES_FILE", file.display().to_string()),
-            ("FORWARD_BUFFER_BYTES", "16384".to_string()),
-            ("NO_CONSUMER_GRACE", "30s".to_string()),
-        ],
-        ..StackOptions::default()
-    })
+    let mut stack = ingress_alone(vec![
+        ("ROUTES_FILE", file.display().to_string()),
+        ("FORWARD_BUFFER_BYTES", "16384".to_string()),
+    ])
     .await;
-    stack
-        .add_proxy(&[
-            ("QUEUE", "orders".into()),
-            ("UPSTREAM_URL", upstream.url.clone()),
-        ])
-        .await;
+    add_forwarder(&mut stack, "orders", &upstream.url, &[]).await;
     let ingress = stack.ingress().url.clone();
 
     // A body being read holds its declared size: another that would pass the budget is
