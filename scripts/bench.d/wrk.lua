@@ -33,7 +33,7 @@ if kind == "upload" then
   wrk.headers["Content-Type"] = "application/octet-stream"
 end
 
-local pace = tonumber(os.getenv("BENCH_WRK_PACE_MS") or "0")
+local pace = tonumber(os.getenv("BENCH_WRK_PACE_MS") or "0") or 0
 if pace > 0 then
   function delay()
     return math.random(0, 2 * pace)
