@@ -331,8 +331,10 @@ async fn an_unreachable_upstream_is_a_502_at_once_and_a_slow_one_a_504_that_canc
     .await;
 }
 
-/// An "upstream" that answers every request with bytes that are not HTTP, counting the
-/// connections it accepted. A real HTTP server cannot be made to send this; a raw socket can.
+/// An "upstream" that answers every request with bytes that are not HTTP (for a path with
+/// `badchunk`: a valid head, then a chunked body whose chunk size is not a number), counting
+/// the connections it accepted. A real HTTP server cannot be made to send this; a raw socket
+/// can.
 async fn garbage_upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -360,7 +362,12 @@ async fn garbage_upstream() -> (String, std::sync::Arc<std::sync::atomic::Atomic
                         Ok(n) => seen.extend_from_slice(&chunk[..n]),
                     }
                 }
-                let _ = socket.write_all(b"THIS IS NOT HTTP\r\n\r\n").await;
+                let answer: &[u8] = if seen.windows(8).any(|w| w == b"badchunk") {
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nabc\r\n0\r\n\r\n"
+                } else {
+                    b"THIS IS NOT HTTP\r\n\r\n"
+                };
+                let _ = socket.write_all(answer).await;
                 let _ = socket.shutdown().await;
             });
         }
@@ -374,27 +381,50 @@ async fn an_upstream_answering_with_something_not_http_is_a_502_at_once_and_not_
     let mut stack = ingress_alone(routes("/api=orders")).await;
     add_forwarder(&mut stack, "orders", &garbage, &[]).await;
     // A GET is safe to repeat after a connection failure; an invalid answer is not one.
-    let response = stack
-        .http
-        .get(format!("{}/api/x", stack.ingress().url))
-        .header("request-timeout", "20s")
-        .send()
-        .await
-        .expect("GET");
-    let problem = assert_problem(response, 502).await;
+    for (path, what) in [("/api/x", "head"), ("/api/badchunk", "body")] {
+        let response = stack
+            .http
+            .get(format!("{}{path}", stack.ingress().url))
+            .header("request-timeout", "20s")
+            .send()
+            .await
+            .expect("GET");
+        let problem = assert_problem(response, 502).await;
+        assert_eq!(
+            problem["type"], "urn:problem:broker:proxy-error",
+            "{what}: {problem}"
+        );
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.starts_with("upstream_invalid_response:")
+                && detail.contains("not valid HTTP/1.1"),
+            "{what}: {problem}"
+        );
+    }
     assert_eq!(
-        problem["type"], "urn:problem:broker:proxy-error",
-        "{problem}"
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "each request sent once, not retried"
     );
-    let detail = problem["detail"].as_str().unwrap_or_default();
+
+    // CONNECT is never forwarded, whatever its target: a 2xx would read as an open tunnel.
+    let mut socket = testkit::raw_http::connect(&stack.ingress().url).await;
+    testkit::raw_http::send(
+        &mut socket,
+        b"CONNECT /api/x HTTP/1.1\r\nHost: test\r\n\r\n",
+    )
+    .await;
+    let response = testkit::raw_http::read_response(&mut socket, Duration::from_secs(15)).await;
+    assert_eq!(response.status, 405, "{}", response.head);
     assert!(
-        detail.starts_with("upstream_invalid_response:") && detail.contains("not valid HTTP/1.1"),
-        "{problem}"
+        response.text().contains("opens no tunnels"),
+        "{}",
+        response.text()
     );
     assert_eq!(
         accepted.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "sent once, not retried"
+        2,
+        "the CONNECT reached no upstream"
     );
 }
 

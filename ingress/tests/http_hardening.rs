@@ -308,7 +308,7 @@ async fn tunnel_and_asterisk_requests_get_a_405_that_says_why_not_an_empty_404()
         );
         let body = response.text();
         assert!(
-            body.contains("does not open tunnels") && body.contains("/swagger"),
+            body.contains("opens no tunnels") && body.contains("/swagger"),
             "{line}: {body}"
         );
     }

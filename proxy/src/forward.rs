@@ -115,6 +115,12 @@ impl Forwarder {
         };
         let method = Method::from_bytes(head.method.as_bytes())
             .map_err(|_| invalid(format!("`{}` is not an HTTP method", head.method)))?;
+        if method == Method::CONNECT {
+            // hyper would send `CONNECT host:port` and a 2xx would read as an open tunnel.
+            return Err(invalid(
+                "CONNECT is not forwarded: the proxy opens no tunnels",
+            ));
+        }
         let uri: Uri = format!("{}{}{}", self.origin, self.base_path, head.path)
             .parse()
             .map_err(|e| invalid(format!("path `{}` is not valid: {e}", head.path)))?;
@@ -251,13 +257,25 @@ impl Forwarder {
             {
                 return Err(too_large());
             }
+            Err(err) if has_parse_error(&*err) => {
+                self.record("invalid", started);
+                return Err(HandlerError::Failed {
+                    code: "upstream_invalid_response",
+                    message: format!(
+                        "the upstream {} sent a response body that is not valid HTTP/1.1: {}",
+                        self.upstream(),
+                        error_chain(&*err)
+                    ),
+                });
+            }
             Err(err) => {
                 self.record("unavailable", started);
                 return Err(HandlerError::Failed {
                     code: "upstream_unavailable",
                     message: format!(
-                        "the upstream {} broke off its response: {err}",
-                        self.upstream()
+                        "the upstream {} broke off its response: {}",
+                        self.upstream(),
+                        error_chain(&*err)
                     ),
                 });
             }
@@ -328,10 +346,10 @@ fn invalid(message: impl Into<String>) -> HandlerError {
     }
 }
 
-/// `2xx`, `4xx`… for the `status_class` label (bounded: six values).
+/// `2xx`, `4xx`… for the `status_class` label (bounded: four values; statuses outside
+/// 200..=599 never get here, they are `invalid`).
 fn status_class(status: u16) -> &'static str {
     match status {
-        100..=199 => "1xx",
         200..=299 => "2xx",
         300..=399 => "3xx",
         400..=499 => "4xx",
@@ -351,12 +369,30 @@ impl Forwarder {
 /// Whether the upstream answered with bytes that are not a valid HTTP/1.1 response (a bad
 /// status line, malformed headers, a head over hyper's limit), as opposed to no answer at all.
 fn is_invalid_response(err: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
-            return hyper_error.is_parse() || hyper_error.is_parse_status();
+    std::error::Error::source(err).is_some_and(has_parse_error)
+}
+
+/// Whether `err` or one of its causes says the bytes were not valid HTTP/1.1: hyper's parse
+/// error for a response head, or, for a body, the decoder's `InvalidData`/`InvalidInput`
+/// (a chunk size or chunk end that cannot be read). A body that merely stops is
+/// `UnexpectedEof` or a reset: the connection broke off, which is not this.
+fn has_parse_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(cause) = current {
+        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>()
+            && (hyper_error.is_parse() || hyper_error.is_parse_status())
+        {
+            return true;
         }
-        source = cause.source();
+        if let Some(io_error) = cause.downcast_ref::<std::io::Error>()
+            && matches!(
+                io_error.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            )
+        {
+            return true;
+        }
+        current = cause.source();
     }
     false
 }

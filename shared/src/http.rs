@@ -274,22 +274,26 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Fallback for unknown paths: a 404 problem instead of an empty body. A request whose target
-/// is not a path (`CONNECT host:443`, `OPTIONS *`) gets a 405 saying so rather than a 404
-/// naming an empty path: these services are origin servers, not tunnels or forward proxies.
+/// The 405 for a request these services never serve: a CONNECT (on any path) or a target that
+/// is not a path (`CONNECT host:443`, `OPTIONS *`, `GET host:80`). They are origin servers, not
+/// forward proxies or tunnels; a 2xx to a CONNECT would tell the client a tunnel is open.
+pub fn not_a_path_request(method: &Method, uri: &axum::http::Uri) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!(
+            "{method} `{uri}` is not served: this service answers requests for paths (e.g. `GET /health/live`); it is not a forward proxy and opens no tunnels; see /swagger for the endpoints"
+        ),
+    )
+}
+
+/// Fallback for unknown paths: a 404 problem instead of an empty body ([`not_a_path_request`]
+/// for a CONNECT or a target that is not a path, rather than a 404 naming an empty path).
 pub async fn not_found(request: Request) -> Problem {
     let path = request.uri().path();
     let problem = if request.method() == Method::CONNECT || !path.starts_with('/') {
-        Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            "Method not allowed",
-            format!(
-                "{} `{}` is not served: this service answers requests for paths (e.g. `GET /health/live`), it does not open tunnels; see /swagger for the endpoints",
-                request.method(),
-                request.uri()
-            ),
-        )
+        not_a_path_request(request.method(), request.uri())
     } else {
         Problem::not_found(path)
     };
