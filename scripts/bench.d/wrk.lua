@@ -35,6 +35,10 @@ end
 
 local pace = tonumber(os.getenv("BENCH_WRK_PACE_MS") or "0") or 0
 if pace > 0 then
+  -- Each thread its own sequence (the address of a fresh table differs per Lua state).
+  function init(args)
+    math.randomseed(os.time() + (tonumber(tostring({}):match("0x(%x+)") or "0", 16) % 1000003))
+  end
   function delay()
     return math.random(0, 2 * pace)
   end

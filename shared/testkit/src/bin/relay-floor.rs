@@ -32,12 +32,14 @@ struct Conn {
 type Result<T> = std::result::Result<T, String>;
 
 impl Conn {
-    fn open(port: u16) -> Result<Conn> {
+    /// A connection whose reads give up after `read_timeout` (`None`: never, for the worker,
+    /// which waits in `XREADGROUP BLOCK 0` for as long as the PING phase takes).
+    fn open(port: u16, read_timeout: Option<Duration>) -> Result<Conn> {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .map_err(|e| format!("cannot connect to redis on port {port}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(read_timeout)
             .map_err(|e| e.to_string())?;
         let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
         Ok(Conn {
@@ -133,7 +135,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn run(port: u16, count: usize) -> Result<String> {
-    let mut control = Conn::open(port)?;
+    let timeout = Some(Duration::from_secs(10));
+    let mut control = Conn::open(port, timeout)?;
     control.send(&[
         &["DEL", "relay-floor:req", "relay-floor:rep"],
         &["XGROUP", "CREATE", "relay-floor:req", "g", "$", "MKSTREAM"],
@@ -146,8 +149,8 @@ fn run(port: u16, count: usize) -> Result<String> {
     };
     let mut last = String::from_utf8_lossy(&start).into_owned();
 
-    let mut worker = Conn::open(port)?;
-    std::thread::spawn(move || -> Result<()> {
+    let mut worker = Conn::open(port, None)?;
+    let worker_thread = std::thread::spawn(move || -> Result<()> {
         loop {
             worker.send(&[&[
                 "XREADGROUP",
@@ -173,7 +176,7 @@ fn run(port: u16, count: usize) -> Result<String> {
         }
     });
 
-    let mut requester = Conn::open(port)?;
+    let mut requester = Conn::open(port, timeout)?;
     let payload = "x".repeat(100);
     let mut ping = Vec::with_capacity(count);
     let mut relay = Vec::with_capacity(count);
@@ -200,7 +203,17 @@ fn run(port: u16, count: usize) -> Result<String> {
         ])?;
         requester.read()?;
         let reply = requester.read()?;
-        last = last_id(&reply).ok_or("no reply within 5 s: is the worker running?")?;
+        let Some(id) = last_id(&reply) else {
+            // Say why the worker stopped, if it did.
+            if worker_thread.is_finished() {
+                return Err(match worker_thread.join() {
+                    Ok(Err(err)) => format!("the worker stopped: {err}"),
+                    _ => "the worker stopped".into(),
+                });
+            }
+            return Err("no reply within 5 s although the worker runs".into());
+        };
+        last = id;
         relay.push(started.elapsed());
     }
     control.send(&[&["DEL", "relay-floor:req", "relay-floor:rep"]])?;
@@ -216,15 +229,23 @@ fn run(port: u16, count: usize) -> Result<String> {
     ))
 }
 
+/// Most round trips of each kind (the timings are kept in memory).
+const MAX_COUNT: usize = 1_000_000;
+
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let port = args.next().and_then(|p| p.parse::<u16>().ok());
-    let count = args.next().map_or(Some(5000), |c| c.parse::<usize>().ok());
-    let (Some(port), Some(count)) = (port, count) else {
-        eprintln!("usage: relay-floor REDIS_PORT [COUNT]  (a redis-server on 127.0.0.1)");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let port = args.first().and_then(|p| p.parse::<u16>().ok());
+    let count = args
+        .get(1)
+        .map_or(Some(5000), |c| c.parse::<usize>().ok())
+        .filter(|c| (1..=MAX_COUNT).contains(c));
+    let (Some(port), Some(count), true) = (port, count, args.len() <= 2) else {
+        eprintln!(
+            "usage: relay-floor REDIS_PORT [COUNT]  (a redis-server on 127.0.0.1; COUNT 1..={MAX_COUNT}, default 5000)"
+        );
         std::process::exit(2);
     };
-    match run(port, count.max(1)) {
+    match run(port, count) {
         Ok(json) => println!("RELAY_FLOOR {json}"),
         Err(err) => {
             eprintln!("relay-floor: {err}");
