@@ -368,8 +368,9 @@ impl Forwarder {
 
 /// Whether the upstream answered with bytes that are not a valid HTTP/1.1 response (a bad
 /// status line, malformed headers, a head over hyper's limit), as opposed to no answer at all.
+/// A failed connect never is, whatever its io error kind (EINVAL is `InvalidInput` too).
 fn is_invalid_response(err: &hyper_util::client::legacy::Error) -> bool {
-    std::error::Error::source(err).is_some_and(has_parse_error)
+    !err.is_connect() && std::error::Error::source(err).is_some_and(has_parse_error)
 }
 
 /// Whether `err` or one of its causes says the bytes were not valid HTTP/1.1: hyper's parse
