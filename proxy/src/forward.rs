@@ -177,15 +177,15 @@ impl Forwarder {
                 Err(err) if is_invalid_response(&err) => {
                     // It answered, with something that is not HTTP/1.1: asking again gets the
                     // same, and the request may have been acted on. Not retried.
-                    self.record("invalid", started);
-                    return Err(HandlerError::Failed {
-                        code: "upstream_invalid_response",
-                        message: format!(
+                    return Err(self.fail(
+                        Failure::Invalid,
+                        started,
+                        format!(
                             "the upstream {} sent a response that is not valid HTTP/1.1: {}",
                             self.upstream(),
                             error_chain(&err)
                         ),
-                    });
+                    ));
                 }
                 Err(err) => {
                     // A failed connect never reached the upstream: safe for any method.
@@ -194,10 +194,10 @@ impl Forwarder {
                         && attempt < MAX_ATTEMPTS
                         && tokio::time::Instant::now() + backoff < request.deadline;
                     if !retry {
-                        self.record("unavailable", started);
-                        return Err(HandlerError::Failed {
-                            code: "upstream_unavailable",
-                            message: format!(
+                        return Err(self.fail(
+                            Failure::Unavailable,
+                            started,
+                            format!(
                                 "the upstream {} could not be reached ({}; {attempt} attempt{}): {}",
                                 self.upstream(),
                                 if err.is_connect() {
@@ -208,7 +208,7 @@ impl Forwarder {
                                 if attempt == 1 { "" } else { "s" },
                                 error_chain(&err)
                             ),
-                        });
+                        ));
                     }
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
@@ -220,25 +220,25 @@ impl Forwarder {
         // A final answer only: a 101 (the Upgrade header is not passed) or a code past 599
         // would be a broken response at the client.
         if !(200..=599).contains(&parts.status.as_u16()) {
-            self.record("invalid", started);
-            return Err(HandlerError::Failed {
-                code: "upstream_invalid_response",
-                message: format!(
+            return Err(self.fail(
+                Failure::Invalid,
+                started,
+                format!(
                     "the upstream {} answered status {}, which cannot be passed on",
                     self.upstream(),
                     parts.status.as_u16()
                 ),
-            });
+            ));
         }
         let too_large = || {
-            self.record("too_large", started);
-            HandlerError::Failed {
-                code: "upstream_response_too_large",
-                message: format!(
+            self.fail(
+                Failure::TooLarge,
+                started,
+                format!(
                     "the upstream's response body is larger than UPSTREAM_MAX_RESPONSE_BYTES ({} bytes)",
                     self.max_response_bytes
                 ),
-            }
+            )
         };
         let declared = parts
             .headers
@@ -258,26 +258,26 @@ impl Forwarder {
                 return Err(too_large());
             }
             Err(err) if has_parse_error(&*err) => {
-                self.record("invalid", started);
-                return Err(HandlerError::Failed {
-                    code: "upstream_invalid_response",
-                    message: format!(
+                return Err(self.fail(
+                    Failure::Invalid,
+                    started,
+                    format!(
                         "the upstream {} sent a response body that is not valid HTTP/1.1: {}",
                         self.upstream(),
                         error_chain(&*err)
                     ),
-                });
+                ));
             }
             Err(err) => {
-                self.record("unavailable", started);
-                return Err(HandlerError::Failed {
-                    code: "upstream_unavailable",
-                    message: format!(
+                return Err(self.fail(
+                    Failure::Unavailable,
+                    started,
+                    format!(
                         "the upstream {} broke off its response: {}",
                         self.upstream(),
                         error_chain(&*err)
                     ),
-                });
+                ));
             }
         };
         self.record(status_class(parts.status.as_u16()), started);
@@ -357,12 +357,50 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// How an upstream call failed: each has one metric outcome and one error code.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    /// No HTTP response (connect failed, reset, closed, the body broke off).
+    Unavailable,
+    /// An answer that is not valid HTTP/1.1, or a status that cannot be passed on.
+    Invalid,
+    /// A body over UPSTREAM_MAX_RESPONSE_BYTES.
+    TooLarge,
+}
+
+impl Failure {
+    fn outcome(self) -> &'static str {
+        match self {
+            Failure::Unavailable => "unavailable",
+            Failure::Invalid => "invalid",
+            Failure::TooLarge => "too_large",
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Failure::Unavailable => "upstream_unavailable",
+            Failure::Invalid => "upstream_invalid_response",
+            Failure::TooLarge => "upstream_response_too_large",
+        }
+    }
+}
+
 impl Forwarder {
     /// One upstream call in `proxy_upstream_seconds{queue, outcome}`: the status class, or
     /// `unavailable` / `too_large` / `invalid`. Retries are inside one call.
     fn record(&self, outcome: &'static str, started: Instant) {
         metrics::histogram!("proxy_upstream_seconds", "queue" => self.queue.clone(), "outcome" => outcome)
             .record(started.elapsed().as_secs_f64());
+    }
+
+    /// Records a failed call and makes its error reply.
+    fn fail(&self, failure: Failure, started: Instant, message: String) -> HandlerError {
+        self.record(failure.outcome(), started);
+        HandlerError::Failed {
+            code: failure.code(),
+            message,
+        }
     }
 }
 

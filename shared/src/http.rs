@@ -233,8 +233,17 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         span.in_scope(|| tracing::debug!(problem = %invalid.0, "ignoring an invalid X-Request-Id"));
         request.extensions_mut().insert(invalid);
     }
-    request.extensions_mut().insert(request_id);
-    let mut response = next.run(request).instrument(span.clone()).await;
+    // Refused before any route sees it: no handler of either service serves a tunnel, and a
+    // forwarded route would otherwise pass a CONNECT on to its upstream.
+    let mut response =
+        if request.method() == Method::CONNECT || !request.uri().path().starts_with('/') {
+            not_a_path_request(request.method(), request.uri())
+                .with_request_id(&request_id)
+                .into_response()
+        } else {
+            request.extensions_mut().insert(request_id);
+            next.run(request).instrument(span.clone()).await
+        };
     if let Some(header) = header {
         response
             .headers_mut()
@@ -277,7 +286,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
 /// The 405 for a request these services never serve: a CONNECT (on any path) or a target that
 /// is not a path (`CONNECT host:443`, `OPTIONS *`, `GET host:80`). They are origin servers, not
 /// forward proxies or tunnels; a 2xx to a CONNECT would tell the client a tunnel is open.
-pub fn not_a_path_request(method: &Method, uri: &axum::http::Uri) -> Problem {
+fn not_a_path_request(method: &Method, uri: &axum::http::Uri) -> Problem {
     Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
@@ -288,15 +297,9 @@ pub fn not_a_path_request(method: &Method, uri: &axum::http::Uri) -> Problem {
     )
 }
 
-/// Fallback for unknown paths: a 404 problem instead of an empty body ([`not_a_path_request`]
-/// for a CONNECT or a target that is not a path, rather than a 404 naming an empty path).
+/// Fallback for unknown paths: a 404 problem instead of an empty body.
 pub async fn not_found(request: Request) -> Problem {
-    let path = request.uri().path();
-    let problem = if request.method() == Method::CONNECT || !path.starts_with('/') {
-        not_a_path_request(request.method(), request.uri())
-    } else {
-        Problem::not_found(path)
-    };
+    let problem = Problem::not_found(request.uri().path());
     match request.extensions().get::<RequestId>() {
         Some(id) => problem.with_request_id(id),
         None => problem,

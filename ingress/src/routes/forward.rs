@@ -55,11 +55,6 @@ pub async fn handle(
     };
     let result = async {
         let config = &route.config;
-        if parts.method == axum::http::Method::CONNECT {
-            return Err(ApiError::Status {
-                problem: shared::http::not_a_path_request(&parts.method, &parts.uri),
-            });
-        }
         if let Some(methods) = &config.methods
             && !methods.contains(&parts.method)
         {
