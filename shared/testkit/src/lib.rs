@@ -74,7 +74,7 @@ impl RedisServer {
             tls: false,
             child: None,
         };
-        server.spawn().await;
+        server.spawn_on_a_free_port().await;
         server
     }
 
@@ -104,11 +104,33 @@ impl RedisServer {
             tls: true,
             child: None,
         };
-        server.spawn().await;
+        server.spawn_on_a_free_port().await;
         server
     }
 
+    /// First start. The port was free when [`free_port`] chose it, but another test's server,
+    /// or an outgoing connection's local port, can take it before redis-server binds it; then
+    /// the server exits at once and is started again on another port.
+    async fn spawn_on_a_free_port(&mut self) {
+        for _ in 0..3 {
+            if self.try_spawn().await.is_ok() {
+                return;
+            }
+            self.port = free_port();
+        }
+        self.spawn().await;
+    }
+
+    /// Starts the server on its port, panicking if it does not become ready.
     async fn spawn(&mut self) {
+        if let Err(why) = self.try_spawn().await {
+            panic!("redis-server on port {} {why}", self.port);
+        }
+    }
+
+    /// Starts the server on its port and waits until it is ready (10 s at most, then a panic);
+    /// `Err` if it exits before that (e.g. the port is taken).
+    async fn try_spawn(&mut self) -> Result<(), String> {
         let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let mut command = Command::new(&binary);
         if self.tls {
@@ -144,25 +166,40 @@ impl RedisServer {
                 loop {
                     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                     if log.matches(READY_LINE).count() > readies_before {
-                        return;
+                        return Ok(());
                     }
+                    self.exited()?;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             })
             .await;
-            assert!(
-                ready.is_ok(),
-                "TLS redis-server did not become ready in 10 s; its log:\n{}",
-                self.log()
-            );
+            match ready {
+                Ok(result) => result,
+                Err(_) => panic!(
+                    "TLS redis-server did not become ready in 10 s; its log:\n{}",
+                    self.log()
+                ),
+            }
         } else {
-            let port = self.port;
-            wait_until(
-                "redis-server to accept connections",
-                Duration::from_secs(10),
-                || async move { redis_ping(port).await },
-            )
-            .await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !redis_ping(self.port).await {
+                self.exited()?;
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "redis-server on port {} did not accept connections in 10 s",
+                    self.port
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(())
+        }
+    }
+
+    /// `Err` if the server process has exited.
+    fn exited(&mut self) -> Result<(), String> {
+        match self.child.as_mut().map(|child| child.try_wait()) {
+            Some(Ok(Some(status))) => Err(format!("exited before it was ready ({status})")),
+            _ => Ok(()),
         }
     }
 
