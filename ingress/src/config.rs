@@ -30,6 +30,9 @@ pub struct IngressConfig {
     #[command(flatten)]
     pub http: HttpServerArgs,
 
+    #[command(flatten)]
+    pub runtime: shared::runtime::RuntimeArgs,
+
     /// Address the HTTP server listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:5009")]
     pub listen_addr: SocketAddr,

@@ -249,6 +249,7 @@ impl Application {
             instance_id,
             reply_stream,
             request_stream = config.redis.request_stream,
+            worker_threads = config.runtime.worker_threads,
             rate_limit = ?config.rate_limit,
             allocator = ?shared::allocator::settings(),
             "ingress serving; Swagger UI at /swagger"

@@ -95,10 +95,16 @@ async fn five_hundred_concurrent_requests_each_get_their_own_reply() {
 
 #[tokio::test]
 async fn two_ingresses_and_two_proxies_route_every_reply_home_and_process_once() {
+    // The services run single-threaded by default (shared::runtime); here they run on tokio's
+    // multi-threaded runtime, so that configuration gets the same concurrent traffic.
     let stack = Stack::start(StackOptions {
         proxies: 2,
         ingresses: 2,
-        proxy_env: vec![("PROCESSING_DELAY_MS", "1-3".into())],
+        proxy_env: vec![
+            ("PROCESSING_DELAY_MS", "1-3".into()),
+            ("WORKER_THREADS", "3".into()),
+        ],
+        ingress_env: vec![("WORKER_THREADS", "2".into())],
         ..Default::default()
     })
     .await;
@@ -135,6 +141,16 @@ async fn two_ingresses_and_two_proxies_route_every_reply_home_and_process_once()
         processed, total as f64,
         "every request processed exactly once"
     );
+    // The setting took effect (each service logs its runtime at start).
+    for service in stack.proxies.iter().chain(&stack.ingresses) {
+        let wanted = if service.name == "proxy" { 3 } else { 2 };
+        assert!(
+            service.logs().contains(&format!("worker_threads={wanted}")),
+            "{} did not start with WORKER_THREADS={wanted}: {}",
+            service.name,
+            service.logs()
+        );
+    }
     // No ingress saw a reply that was not its own.
     for ingress in &stack.ingresses {
         assert_eq!(

@@ -28,6 +28,9 @@ pub struct ProxyConfig {
     #[command(flatten)]
     pub http: HttpServerArgs,
 
+    #[command(flatten)]
+    pub runtime: shared::runtime::RuntimeArgs,
+
     /// Address the HTTP server (health, metrics, status, Swagger UI) listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:5010")]
     pub listen_addr: SocketAddr,

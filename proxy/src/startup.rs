@@ -228,6 +228,7 @@ impl Application {
             listen_addr = %config.listen_addr,
             consumer = consumer_name,
             terminals = config.terminals,
+            worker_threads = config.runtime.worker_threads,
             handler = handler.name(),
             upstream = config.upstream_url.as_deref().unwrap_or("-"),
             // PROCESSING_DELAY_MS only shapes the weather demo's simulated work.

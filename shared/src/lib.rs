@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod redis;
 pub mod redis_problems;
 pub mod resilience;
+pub mod runtime;
 pub mod scripts;
 pub mod secrets;
 pub mod server;
