@@ -37,6 +37,12 @@ pub fn connect(settings: &RedisSettings) -> Result<Client, Error> {
             conn.connection_timeout = Duration::from_secs(3);
             conn.internal_command_timeout = Duration::from_secs(3);
             conn.max_command_attempts = 3;
+            // fred leaves Nagle on: a command written while an earlier one is unacknowledged
+            // (pipelined requests, replies, reads) would wait for Redis's ACK.
+            conn.tcp = fred::types::config::TcpConfig {
+                nodelay: Some(true),
+                ..Default::default()
+            };
             conn.unresponsive = UnresponsiveConfig {
                 max_timeout: Some(Duration::from_secs(10)),
                 interval: Duration::from_secs(1),
