@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use shared::protocol::{ReplyEntry, reply_fields};
@@ -24,6 +24,11 @@ use crate::broker::Enqueuer;
 const READ_COUNT: usize = 1_000;
 /// How long one XREAD blocks before the loop checks for shutdown.
 const READ_BLOCK_MS: u64 = 1_000;
+/// Replies handed over stay in the stream until this many bytes of them accumulate...
+const TRIM_BYTES: usize = 1 << 20;
+/// ...or the oldest of them was read this long ago (checked after each read, so at worst one
+/// more `READ_BLOCK_MS` passes when replies stop coming).
+const TRIM_AFTER: Duration = Duration::from_millis(100);
 
 /// What a waiter receives.
 #[derive(Debug)]
@@ -226,6 +231,7 @@ pub async fn read_replies(
     static READ_FAILED: LogLimiter = LogLimiter::new(1);
     let mut backoff = Duration::from_millis(50);
     let mut largest_entry = 0;
+    let mut untrimmed = Untrimmed::default();
     loop {
         let count = read_count(READ_COUNT, largest_entry);
         let read = blocking.xread::<Value, _, _>(
@@ -253,14 +259,15 @@ pub async fn read_replies(
             }
         };
         backoff = Duration::from_millis(50);
-        let read_any = !entries.is_empty();
         largest_entry = next_largest(largest_entry, &entries);
         for entry in entries {
+            untrimmed.read(entry.size());
             deliver(&pending, entry.fields_by_name());
             last_id = entry.id;
         }
-        if read_any {
-            // Everything before the last read entry has been handed over; drop it so the
+        if untrimmed.due() {
+            untrimmed = Untrimmed::default();
+            // Everything up to the last read entry has been handed over; drop it so the
             // reply stream stays small. Not awaited: the next read need not wait for it.
             let commands = commands.clone();
             let stream = stream.clone();
@@ -274,6 +281,28 @@ pub async fn read_replies(
                 }
             });
         }
+    }
+}
+
+/// Replies read (and handed over) since the reply stream was last trimmed. Trimming after
+/// every read cost one more Redis command per request at low load, where each read brings
+/// one reply; trimming by amount or age keeps the stream as bounded (about [`TRIM_BYTES`],
+/// or [`TRIM_AFTER`] plus one read's block of replies) for a fraction of the commands.
+#[derive(Default)]
+struct Untrimmed {
+    bytes: usize,
+    oldest: Option<Instant>,
+}
+
+impl Untrimmed {
+    fn read(&mut self, bytes: usize) {
+        self.bytes += bytes;
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    /// Whether the stream should be trimmed now.
+    fn due(&self) -> bool {
+        self.bytes >= TRIM_BYTES || self.oldest.is_some_and(|read| read.elapsed() >= TRIM_AFTER)
     }
 }
 
@@ -362,6 +391,21 @@ mod tests {
             proxy: "p".into(),
             http: None,
         }
+    }
+
+    #[test]
+    fn the_stream_is_trimmed_by_amount_or_age_not_after_every_read() {
+        let mut untrimmed = Untrimmed::default();
+        assert!(!untrimmed.due(), "nothing read, nothing to trim");
+        untrimmed.read(200);
+        assert!(!untrimmed.due(), "one small reply just read waits");
+        untrimmed.read(TRIM_BYTES);
+        assert!(untrimmed.due(), "a mebibyte of replies is trimmed at once");
+        let old = Untrimmed {
+            bytes: 200,
+            oldest: Instant::now().checked_sub(TRIM_AFTER),
+        };
+        assert!(old.due(), "replies read long enough ago are trimmed");
     }
 
     fn complete(pending: &PendingReplies, id: &str, token: &str) -> bool {

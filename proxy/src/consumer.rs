@@ -174,6 +174,7 @@ impl Consumer {
                 Ok(entries) => {
                     backoff = Duration::from_millis(50);
                     largest_entry = next_largest(largest_entry, &entries);
+                    let read_any = !entries.is_empty();
                     for (entry, permit) in entries.into_iter().zip(permits) {
                         self.dispatch(
                             &terminals,
@@ -183,6 +184,13 @@ impl Consumer {
                             },
                             permit,
                         );
+                    }
+                    if read_any {
+                        // Let the terminals just started send their work (e.g. the upstream
+                        // call) before the next read goes out: on the single-threaded runtime
+                        // that read would otherwise be written first, on the request's
+                        // critical path (each write wakes another process).
+                        let_queued_tasks_run().await;
                     }
                 }
                 Err(err) if is_nogroup(&err) => {
@@ -666,4 +674,22 @@ impl Terminal {
             tracing::warn!(entry_id, error = %err, "could not acknowledge; the entry stays pending and may be processed again");
         }
     }
+}
+
+/// Lets the tasks already queued on this thread run before this one goes on. Unlike
+/// `tokio::task::yield_now`, which waits for the next poll of the I/O driver too (and so let
+/// replies arriving meanwhile overtake the terminals' first writes), it only requeues this
+/// task behind them.
+async fn let_queued_tasks_run() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
