@@ -18,18 +18,8 @@ fn main() -> std::process::ExitCode {
         };
     }
     // The runtime's flavour comes from the configuration (why: shared::runtime).
-    let runtime = config.runtime;
-    runtime.run("ingress", async move {
-        shared::telemetry::init_tracing(config.log_format);
-        let _ = shared::telemetry::prometheus();
-        let shutdown = shared::shutdown::on_signals();
-        match ingress::run(config, shutdown).await {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!(error = format!("{err:#}"), "ingress failed");
-                eprintln!("ingress: {err:#}");
-                std::process::ExitCode::FAILURE
-            }
-        }
+    let (runtime, log_format) = (config.runtime, config.log_format);
+    shared::runtime::run_service("ingress", runtime, log_format, |shutdown| {
+        ingress::run(config, shutdown)
     })
 }

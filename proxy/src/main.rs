@@ -10,18 +10,8 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     // The runtime's flavour comes from the configuration (why: shared::runtime).
-    let runtime = config.runtime;
-    runtime.run("proxy", async move {
-        shared::telemetry::init_tracing(config.log_format);
-        let _ = shared::telemetry::prometheus();
-        let shutdown = shared::shutdown::on_signals();
-        match proxy::run(config, shutdown).await {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!(error = format!("{err:#}"), "proxy failed");
-                eprintln!("proxy: {err:#}");
-                std::process::ExitCode::FAILURE
-            }
-        }
+    let (runtime, log_format) = (config.runtime, config.log_format);
+    shared::runtime::run_service("proxy", runtime, log_format, |shutdown| {
+        proxy::run(config, shutdown)
     })
 }

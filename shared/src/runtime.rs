@@ -58,6 +58,34 @@ impl RuntimeArgs {
     }
 }
 
+/// What each service's `main` does once its configuration is parsed: starts the runtime
+/// (`runtime`), logging and metrics, runs `serve` until a signal cancels its token, and turns a
+/// failure into a logged error and a failing exit status.
+pub fn run_service<Fut, E>(
+    service: &'static str,
+    runtime: RuntimeArgs,
+    log_format: crate::config::LogFormat,
+    serve: impl FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+) -> ExitCode
+where
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    runtime.run(service, async move {
+        crate::telemetry::init_tracing(log_format);
+        let _ = crate::telemetry::prometheus();
+        let shutdown = crate::shutdown::on_signals();
+        match serve(shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = format!("{err:#}"), "{service} failed");
+                eprintln!("{service}: {err:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
