@@ -154,6 +154,7 @@ impl Consumer {
                         let Some(permit) = permits.pop() else { break };
                         self.dispatch(&terminals, work, permit);
                     }
+                    let_queued_tasks_run().await; // as after a read, below
                     continue; // unused permits are released; read with them next round
                 }
                 if last_cleanup.elapsed() >= cleanup_every {

@@ -6,8 +6,9 @@
 //! same thread. On tokio's multi-threaded runtime many of them wake a parked worker thread
 //! through the kernel (about four futex calls per request in each service), which is most of
 //! what a request costs at low load. Measured with `scripts/bench-forward` on a 2-core machine
-//! (docs/benchmarks.md, "Runtime"): one thread cut the latency the broker adds at c=1 by about
-//! a fifth and raised throughput at c=64, because four processes share the cores anyway.
+//! (docs/benchmarks.md, "Runtime"): one thread cut the latency the broker adds at c=1 by more
+//! than a quarter (0.69 to 0.49 ms) and raised throughput at c=64 by half, because four
+//! processes share the cores anyway.
 //!
 //! One thread uses at most one core. That matches the Kubernetes manifests (CPU limit 1, and
 //! the HPA adds replicas); an instance that should use more cores on a larger host sets
