@@ -37,12 +37,10 @@ pub fn connect(settings: &RedisSettings) -> Result<Client, Error> {
             conn.connection_timeout = Duration::from_secs(3);
             conn.internal_command_timeout = Duration::from_secs(3);
             conn.max_command_attempts = 3;
-            // fred leaves Nagle on: a command written while an earlier one is unacknowledged
-            // (pipelined requests, replies, reads) would wait for Redis's ACK.
-            conn.tcp = fred::types::config::TcpConfig {
-                nodelay: Some(true),
-                ..Default::default()
-            };
+            // Nagle stays on (fred's default): Redis answers every command, so its ACK rides on
+            // the reply and a pipelined write waits at most for the reply before it. Turning
+            // it off showed no gain at c=1 and ~9 % less weather throughput at c=64 in an
+            // interleaved A/B (docs/benchmarks.md, "Runtime").
             conn.unresponsive = UnresponsiveConfig {
                 max_timeout: Some(Duration::from_secs(10)),
                 interval: Duration::from_secs(1),
